@@ -153,3 +153,63 @@ class SFTConfig(trl.SFTConfig):
     def __post_init__(self):
         use_cpu_without_accelerator(self)
         super().__post_init__()
+
+
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class EvalArguments:
+    """How `smallrl-eval` samples and scores: which models, how many samples per prompt, which pass@k.
+
+    Parsed together with `DataArguments` (task, levels, `eval_size` rows per level, `task_seed`, or a
+    `dataset_name`), so an eval recipe names its rows exactly as a training recipe does.
+    """
+
+    eval_models: list[str] = field(
+        default_factory=lambda: ["smollm2-135m-instruct"],
+        metadata={
+            "help": "Models side by side: Hub id, local folder (full model or PEFT adapter) or embedded alias, "
+            "each optionally labelled as `label=model` (e.g. `base=smollm2-135m-instruct sft=outputs/sft`)."
+        },
+    )
+    eval_num_samples: int = field(default=4, metadata={"help": "Samples per prompt (n of pass@k)."})
+    eval_k: list[int] = field(default_factory=lambda: [1, 4], metadata={"help": "The k values of pass@k (<= n)."})
+    eval_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy (n = 1)."})
+    eval_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
+    eval_max_new_tokens: int = field(default=512, metadata={"help": "Completion tokens at most."})
+    eval_generation_batch_size: int = field(default=8, metadata={"help": "Prompts per `generate` call."})
+    eval_sampling_seed: int = field(default=0, metadata={"help": "Seed of the sampler (same for every model)."})
+    eval_dtype: str = field(
+        default="auto", metadata={"help": "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16."}
+    )
+    eval_output_dir: str = field(
+        default="outputs/eval", metadata={"help": "Where results.json, results.md and completions/ are written."}
+    )
+
+    def __post_init__(self):
+        from trl_smallrl.errors import unknown_name
+
+        if not self.eval_models:
+            raise ConfigError("eval_models: no model given; name at least one (e.g. smollm2-135m-instruct).")
+        if self.eval_num_samples < 1:
+            raise ConfigError(f"eval_num_samples: {self.eval_num_samples} must be >= 1.")
+        too_large = [k for k in self.eval_k if not 1 <= k <= self.eval_num_samples]
+        if not self.eval_k or too_large:
+            raise ConfigError(
+                f"eval_k: {self.eval_k} needs values from 1 to eval_num_samples ({self.eval_num_samples}); "
+                "raise eval_num_samples or drop the larger k."
+            )
+        if self.eval_temperature < 0:
+            raise ConfigError(f"eval_temperature: {self.eval_temperature} must be >= 0.")
+        if self.eval_temperature == 0 and self.eval_num_samples > 1:
+            raise ConfigError(
+                f"eval_temperature: 0 (greedy) gives {self.eval_num_samples} identical samples; "
+                "set eval_num_samples 1 or a temperature > 0."
+            )
+        if not 0 < self.eval_top_p <= 1:
+            raise ConfigError(f"eval_top_p: {self.eval_top_p} must be in (0, 1].")
+        if self.eval_max_new_tokens < 1 or self.eval_generation_batch_size < 1:
+            raise ConfigError("eval_max_new_tokens and eval_generation_batch_size: both must be >= 1.")
+        if self.eval_dtype not in EVAL_DTYPES:
+            raise unknown_name("eval_dtype", self.eval_dtype, EVAL_DTYPES)

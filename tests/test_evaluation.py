@@ -1,0 +1,112 @@
+"""pass@k estimator, per-level summaries and the Markdown table; eval recipe parsing; a real eval on the tiny model."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from trl_smallrl.configs import DataArguments, EvalArguments, parse_recipe
+from trl_smallrl.errors import ConfigError
+from trl_smallrl.evaluation import pass_at_k, results_table, summarize
+
+
+def exact_pass_at_k(n, c, k):
+    return 1 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_pass_at_k_equals_exact_combinatorics(n):
+    for c, k in itertools.product(range(n + 1), range(1, n + 1)):
+        assert pass_at_k(n, c, k) == pytest.approx(exact_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_edge_cases():
+    assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 0, 10) == 0.0  # nothing correct
+    assert pass_at_k(10, 8, 3) == 1.0  # n - c = 2 < k: every draw of 3 holds a correct sample
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the fraction correct
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # C(3,2)/C(4,2) = 3/6
+    # Large n: the binomials would overflow floats; the product form stays exact to rounding.
+    assert pass_at_k(2000, 1, 1000) == pytest.approx(0.5)
+    assert 0.0 < pass_at_k(2000, 3, 10) < 1.0
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(4, 5, 1), (4, 1, 5), (4, 1, 0), (4, -1, 1)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ConfigError, match="pass@k"):
+        pass_at_k(n, c, k)
+
+
+def record(level, correct, formatted=None, lengths=None):
+    n = len(correct)
+    return {
+        "level": level,
+        "correct": correct,
+        "formatted": formatted or [True] * n,
+        "lengths": lengths or [10] * n,
+        "truncated": [False] * n,
+    }
+
+
+def test_summary_and_table_on_a_known_result():
+    records = [
+        record(2, [True, False, False, False], formatted=[True, True, False, False], lengths=[10, 20, 30, 40]),
+        record(2, [True, True, True, True]),
+        record(3, [False, False, False, False]),
+    ]
+    summary = summarize(records, [1, 2])
+    assert summary["2"]["correct_counts"] == [1, 4]
+    assert summary["2"]["pass@1"] == pytest.approx((0.25 + 1.0) / 2)
+    assert summary["2"]["pass@2"] == pytest.approx((0.5 + 1.0) / 2)
+    assert summary["2"]["format_rate"] == pytest.approx(6 / 8)
+    assert summary["2"]["mean_length"] == pytest.approx((100 + 40) / 8)
+    assert summary["3"]["pass@2"] == 0.0
+    assert summary["all"]["prompts"] == 3
+    assert summary["all"]["pass@1"] == pytest.approx((0.25 + 1.0 + 0.0) / 3)
+
+    grpo = summarize([record(2, [True] * 4), record(2, [True] * 4), record(3, [True, False, False, False])], [1, 2])
+    result = {
+        "spec": {"k": [1, 2]},
+        "models": [{"label": "base", "levels": summary}, {"label": "grpo", "levels": grpo}],
+    }
+    lines = results_table(result).splitlines()
+    assert lines[0] == "| level | model | prompts | pass@1 | pass@2 | format | mean tokens | truncated |"
+    assert lines[2] == "| 2 | base | 2 | 0.625 | 0.750 | 0.750 | 17.5 | 0.000 |"
+    assert lines[3] == "| 2 | grpo | 2 | 1.000 | 1.000 | 1.000 | 10.0 | 0.000 |"
+    assert lines[4].startswith("| 3 | base | 1 | 0.000 | 0.000 |")
+    assert lines[5].startswith("| 3 | grpo | 1 | 0.250 | 0.500 |")
+    assert lines[-1].startswith("| all | grpo | 3 | 0.750 |")
+    assert len(lines) == 8
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            ["--eval_k", "1", "8", "--eval_num_samples", "4"],
+            r"eval_k: \[1, 8\] needs values from 1 to eval_num_samples",
+        ),
+        (["--eval_temperature", "0"], "eval_temperature: 0 .greedy. gives 4 identical samples"),
+        (["--eval_dtype", "fp32"], "eval_dtype: unknown value 'fp32'"),
+    ],
+)
+def test_eval_spec_mistakes_get_one_line_errors(keys, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        parse_recipe((DataArguments, EvalArguments), keys)
+    assert "\n" not in str(err.value)
+
+
+def test_default_eval_recipe_parses():
+    data, spec = parse_recipe(
+        (DataArguments, EvalArguments), ["--config", "recipes/smollm2-135m-instruct/eval/kk_levels.yaml"]
+    )
+    assert data.task in ("knights_knaves", "kk") and spec.eval_num_samples >= max(spec.eval_k)
+
+
+def test_duplicate_model_labels_are_refused(tmp_path):
+    from trl_smallrl.evaluation import evaluate
+
+    data, spec = parse_recipe((DataArguments, EvalArguments), ["--eval_models", "a=x", "a=y"])
+    with pytest.raises(ConfigError, match="eval_models: the label 'a' is used twice"):
+        evaluate(data, spec, rows=[{"prompt": [], "task": "kk", "level": 2, "answer": ""}])

@@ -1,0 +1,307 @@
+"""pass@k evaluation: sample n completions per prompt, score them with the task's verifier, report per level.
+
+A run is judged by how often the model solves a puzzle at each difficulty, not by its training reward. For
+every model (base, SFT, GRPO side by side) we sample `eval_num_samples` completions for each held-out row,
+count the correct ones with the same verifier the rewards use (`Task.score`), and report per level the
+unbiased pass@k of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code"), the share of
+completions in the strict `<think>/<answer>` format, and the mean completion length. The per-prompt counts
+are kept in the JSON so that pass@k curves for any k <= n can be drawn later without sampling again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trl_smallrl.configs import DataArguments, EvalArguments, parse_recipe
+from trl_smallrl.errors import ConfigError, exit_on_config_error
+from trl_smallrl.models import hub_id_of, resolve_model
+
+ALL_LEVELS = "all"
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n - c, k) / C(n, k).
+
+    Computed as 1 - prod_{i = n - c + 1}^{n} (1 - k / i), which never forms the huge binomials; it is
+    exactly 1 when fewer than k samples are wrong (every draw of k then holds a correct one).
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ConfigError(f"pass@k: needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}; use k <= samples.")
+    if n - c < k:
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """`label=model` or `model` (labelled by its last path component) -> (label, model)."""
+    label, sep, name = spec.partition("=")
+    if not sep:
+        name = spec
+        label = Path(spec.rstrip("/")).name or spec
+    if not label or not name:
+        raise ConfigError(f"eval_models: {spec!r} is not `label=model` or `model`; e.g. `sft=outputs/sft`.")
+    return label, name
+
+
+def _model_specs(models: Sequence[str]) -> list[tuple[str, str]]:
+    specs = [parse_model_spec(spec) for spec in models]
+    labels = [label for label, _ in specs]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigError(f"eval_models: the label {duplicates[0]!r} is used twice; name them as `label=model`.")
+    return specs
+
+
+def _dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def load_for_generation(name: str, dtype: str = "auto"):
+    """Model and left-padding tokenizer for `name`, resolved as every entry point resolves models."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name, field="eval_models")
+    tokenizer_source = path
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        tokenizer_source = resolve_model(base, field="eval_models (adapter base)")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype))
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model, tokenizer
+
+
+def generate(model, tokenizer, prompts: Sequence[list[dict]], args: EvalArguments) -> list[list[dict[str, Any]]]:
+    """`args.eval_num_samples` sampled completions per conversational prompt, with their token counts.
+
+    Each completion is `{"text", "length", "truncated"}`; `length` counts tokens up to and including the
+    end-of-sequence token, `truncated` says the completion hit `eval_max_new_tokens` before ending.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+    config = GenerationConfig(
+        do_sample=args.eval_temperature > 0,
+        temperature=args.eval_temperature if args.eval_temperature > 0 else None,
+        top_p=args.eval_top_p if args.eval_temperature > 0 else None,
+        max_new_tokens=args.eval_max_new_tokens,
+        num_return_sequences=args.eval_num_samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(eos_ids),
+    )
+    results = []
+    for start in range(0, len(prompts), args.eval_generation_batch_size):
+        batch = prompts[start : start + args.eval_generation_batch_size]
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(**inputs, generation_config=config)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        for row_index in range(len(batch)):
+            samples = []
+            for ids in new_tokens[row_index * args.eval_num_samples : (row_index + 1) * args.eval_num_samples]:
+                end = next((i + 1 for i, token in enumerate(ids) if token in eos_ids), None)
+                kept = ids if end is None else ids[:end]
+                samples.append(
+                    {
+                        "text": tokenizer.decode(kept, skip_special_tokens=True),
+                        "length": len(kept),
+                        "truncated": end is None,
+                    }
+                )
+            results.append(samples)
+    return results
+
+
+def score_samples(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict]:
+    """One record per row: its level, and per sample whether it is correct and in the strict format.
+
+    Correct means the task's verifier gives full credit (1.0); the format check is the strict `format`
+    reward the GRPO recipes train with, so the eval's format rate is the training format reward's mean.
+    """
+    from trl_smallrl.rewards import get_reward_funcs
+    from trl_smallrl.tasks import get_task
+
+    (strict_format,) = get_reward_funcs(["format"])
+    records = []
+    for row, row_samples in zip(rows, samples, strict=True):
+        fields = {key: value for key, value in row.items() if key != "prompt"}
+        task = get_task(row["task"])
+        texts = [sample["text"] for sample in row_samples]
+        records.append(
+            {
+                "level": int(row["level"]),
+                "answer": row.get("answer"),
+                "correct": [task.score(text, fields) >= 1.0 for text in texts],
+                "formatted": [score >= 1.0 for score in strict_format(completions=texts)],
+                "lengths": [sample["length"] for sample in row_samples],
+                "truncated": [sample["truncated"] for sample in row_samples],
+                "texts": texts,
+            }
+        )
+    return records
+
+
+def summarize(records: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Per level (and over all rows, under "all"): pass@k for each k, format rate, mean and truncated length.
+
+    `correct_counts` (c per prompt) and `num_samples` (n) are kept so that any pass@k can be recomputed.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: r["level"]):
+        groups.setdefault(str(record["level"]), []).append(record)
+    groups[ALL_LEVELS] = list(records)
+    summary = {}
+    for level, group in groups.items():
+        if not group:
+            continue
+        n = len(group[0]["correct"])
+        counts = [sum(record["correct"]) for record in group]
+        flat = [value for record in group for value in record["formatted"]]
+        lengths = [value for record in group for value in record["lengths"]]
+        truncated = [value for record in group for value in record["truncated"]]
+        summary[level] = {
+            "prompts": len(group),
+            "num_samples": n,
+            "correct_counts": counts,
+            **{f"pass@{k}": sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks},
+            "format_rate": sum(flat) / len(flat),
+            "mean_length": sum(lengths) / len(lengths),
+            "truncated_rate": sum(truncated) / len(truncated),
+        }
+    return summary
+
+
+def results_table(result: Mapping[str, Any]) -> str:
+    """A Markdown table of an eval result: one row per level and model (models side by side per level)."""
+    ks = result["spec"]["k"]
+    header = ["level", "model", "prompts", *[f"pass@{k}" for k in ks], "format", "mean tokens", "truncated"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    levels = []
+    for model in result["models"]:
+        levels += [level for level in model["levels"] if level not in levels]
+    levels.sort(key=lambda level: (level == ALL_LEVELS, int(level) if level.lstrip("-").isdigit() else 0))
+    for level in levels:
+        for model in result["models"]:
+            stats = model["levels"].get(level)
+            if stats is None:
+                continue
+            cells = [
+                level,
+                model["label"],
+                str(stats["prompts"]),
+                *[f"{stats[f'pass@{k}']:.3f}" for k in ks],
+                f"{stats['format_rate']:.3f}",
+                f"{stats['mean_length']:.1f}",
+                f"{stats['truncated_rate']:.3f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_result(result: Mapping[str, Any], output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """results.json and results.md in `output_dir`, each written atomically."""
+    output_dir = Path(output_dir)
+    json_path, table_path = output_dir / "results.json", output_dir / "results.md"
+    _write_atomic(json_path, json.dumps(result, indent=2))
+    _write_atomic(table_path, results_table(result))
+    return json_path, table_path
+
+
+def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[Mapping[str, Any]] | None = None):
+    """Evaluate every model of `eval_args` on the eval rows; write and return the result.
+
+    The result is rewritten after each model, so a long comparison killed midway keeps the models done.
+    Every model's completions go to `completions/<label>.jsonl` for reading what the model wrote.
+    """
+    import gc
+
+    import torch
+
+    specs = _model_specs(eval_args.eval_models)
+    if rows is None:
+        from trl_smallrl.tasks import build_dataset
+
+        rows = list(build_dataset(data_args, "eval"))
+    if not rows:
+        raise ConfigError("eval_size: the eval split is empty; set eval_size > 0 or give a dataset_name with rows.")
+    result = {
+        "spec": {
+            "task": data_args.task,
+            "levels": sorted({int(row["level"]) for row in rows}),
+            "dataset_name": data_args.dataset_name,
+            "eval_size": data_args.eval_size,
+            "task_seed": data_args.task_seed,
+            "num_samples": eval_args.eval_num_samples,
+            "k": list(eval_args.eval_k),
+            "temperature": eval_args.eval_temperature,
+            "top_p": eval_args.eval_top_p,
+            "max_new_tokens": eval_args.eval_max_new_tokens,
+            "seed": eval_args.eval_sampling_seed,
+        },
+        "models": [],
+    }
+    output_dir = Path(eval_args.eval_output_dir)
+    for label, name in specs:
+        started = time.perf_counter()
+        model, tokenizer = load_for_generation(name, eval_args.eval_dtype)
+        torch.manual_seed(eval_args.eval_sampling_seed)  # every model draws from the same sampler stream
+        samples = generate(model, tokenizer, [row["prompt"] for row in rows], eval_args)
+        records = score_samples(rows, samples)
+        del model
+        gc.collect()
+        completions = "".join(
+            json.dumps({key: record[key] for key in ("level", "answer", "texts", "correct", "formatted")}) + "\n"
+            for record in records
+        )
+        _write_atomic(output_dir / "completions" / f"{label}.jsonl", completions)
+        result["models"].append(
+            {
+                "label": label,
+                "model": name,
+                "base_model": hub_id_of(name),
+                "wall_seconds": round(time.perf_counter() - started, 1),
+                "levels": summarize(records, eval_args.eval_k),
+            }
+        )
+        write_result(result, output_dir)
+    return result
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    """`smallrl-eval --config recipes/.../eval/<name>.yaml [--eval_models base=... grpo=outputs/grpo]`."""
+    data_args, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
+    result = evaluate(data_args, eval_args)
+    print(results_table(result), end="")
+    print(f"written: {Path(eval_args.eval_output_dir) / 'results.json'} and results.md")
+
+
+if __name__ == "__main__":
+    main()
