@@ -147,6 +147,19 @@ class GRPOConfig(trl.GRPOConfig):
 
 
 @dataclass
+class SFTScriptArguments(DataArguments):
+    """What the SFT warm-up trains on: a traces file, or the task's rows with traces from its offline writer."""
+
+    traces_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "jsonl of traces (columns prompt, completion) written by `smallrl-traces`; "
+            "default: generate rows from the task and write their traces with the task's trace writer."
+        },
+    )
+
+
+@dataclass
 class SFTConfig(trl.SFTConfig):
     """TRL's `SFTConfig` plus what trl-smallrl adds for the warm-up stage."""
 

@@ -131,6 +131,8 @@ def resolve_model(name_or_path: str, field: str = "model_name_or_path") -> str:
                 f"{field}: {name_or_path!r} is a folder without config.json or adapter_config.json; "
                 "point it at a folder written by save_pretrained."
             )
+        if (local / "adapter_config.json").is_file():
+            return str(merged_adapter_path(local, field))
         return str(local.resolve())
     if _looks_like_path(name_or_path):
         raise ConfigError(f"{field}: the path {name_or_path!r} does not exist; check the path or train it first.")
@@ -146,6 +148,73 @@ def resolve_model(name_or_path: str, field: str = "model_name_or_path") -> str:
                 f"(HF_HUB_OFFLINE=1); download it where the Hub is reachable, or use {DEFAULT_MODEL!r}."
             )
     return name_or_path
+
+
+MERGED_SUBDIR = "merged-float32"
+
+
+def _adapter_fingerprint(adapter_dir: Path) -> str:
+    """Size and modification time of the adapter files: a re-trained adapter invalidates its merged copy."""
+    files = sorted(p for p in adapter_dir.iterdir() if p.is_file() and p.name.startswith("adapter_"))
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def merged_adapter_path(adapter_dir: str | os.PathLike, field: str = "model_name_or_path") -> Path:
+    """Return a full model folder: the PEFT adapter in `adapter_dir` merged into its base model in float32.
+
+    This is how a GRPO recipe starts from an SFT run (`model_name_or_path: outputs/<sft run>`). The adapter is
+    merged rather than continued so that GRPO is free to choose its own LoRA rank and target modules (or full
+    fine-tuning), and so that its reference model (the base with adapters disabled) is the SFT policy, not the
+    cold model. The merge runs in float32 whatever the training dtype (bf16 merges drift, TRL issue 6688) and is
+    cached in `<adapter_dir>/merged-float32`, written atomically under a file lock and rebuilt when the adapter
+    files change.
+    """
+    import json
+
+    from filelock import FileLock
+
+    adapter_dir = Path(adapter_dir).expanduser().resolve()
+    target = adapter_dir / MERGED_SUBDIR
+    fingerprint = _adapter_fingerprint(adapter_dir)
+    stamp = target / "smallrl_adapter_fingerprint.txt"
+
+    def is_current() -> bool:
+        return stamp.is_file() and stamp.read_text() == fingerprint and (target / "config.json").is_file()
+
+    if is_current():
+        return target
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(
+            f"{field}: the adapter {str(adapter_dir)!r} names no base_model_name_or_path in adapter_config.json; "
+            "set it to the model the adapter was trained on."
+        )
+    base_path = resolve_model(base, field=f"{field} (base of the adapter {adapter_dir.name})")
+    with FileLock(str(target) + ".lock"):
+        if is_current():  # another process merged it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{MERGED_SUBDIR}-", dir=adapter_dir))
+        try:
+            _merge_adapter(adapter_dir, base_path, tmp)
+            (tmp / stamp.name).write_text(fingerprint)
+            if target.exists():  # a stale merge of an older adapter
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _merge_adapter(adapter_dir: Path, base_path: str, out_dir: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_path).save_pretrained(out_dir)
 
 
 def _hub_offline() -> bool:
@@ -167,7 +236,7 @@ def prepare_model_args(model_args, training_args) -> None:
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
     init_kwargs = {
         "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
+        "trust_remote_code": training_args.trust_remote_code,  # on the training config since TRL 1.x
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }

@@ -1,0 +1,262 @@
+"""Reward registry: recipes name their rewards (`reward_funcs: [format, cosine]`) and set parameters by name.
+
+Every reward has TRL's reward-function signature (`completions`, `completion_ids`, the dataset columns as
+keyword lists, ...), is a picklable class instance (TRL forwards rewards to other processes), and returns one
+float per completion for any completion text: empty, huge, junk, missing tags. Correctness always comes from
+the row's task verifier (`trl_smallrl.tasks.get_task(row["task"]).score(text, row)`), so one batch may mix
+tasks. Where TRL ships the reward (DAPO's soft overlong punishment, the repetition penalty) the registry hands
+out TRL's own implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment
+
+from trl_smallrl.errors import ConfigError, unknown_name
+
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+# Keyword arguments TRL passes to every reward that are not dataset columns.
+_NON_COLUMN_KWARGS = frozenset(
+    {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
+)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion, conversational (`[{"role": "assistant", "content": ...}]`) or plain."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        content = completion[-1].get("content")
+        return content if isinstance(content, str) else ""
+    return ""
+
+
+def rows_from_kwargs(n: int, kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rebuild the `n` dataset rows (without `prompt`) from the column lists TRL passes as keyword arguments."""
+    columns = {k: v for k, v in kwargs.items() if k not in _NON_COLUMN_KWARGS and isinstance(v, list) and len(v) == n}
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def verifier_scores(completions: Sequence[Any], kwargs: Mapping[str, Any]) -> list[float]:
+    """Score each completion with its row's task verifier (1.0 correct, 0.0 wrong, partial credit between)."""
+    return score_rows([completion_text(c) for c in completions], rows_from_kwargs(len(completions), kwargs))
+
+
+def score_rows(texts: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Score completion texts against their rows (dataset rows without `prompt`) with each row's task verifier."""
+    from trl_smallrl.tasks import get_task
+
+    if rows and "task" not in rows[0]:
+        raise ConfigError("dataset: rows have no `task` column; correctness rewards need it to find the verifier.")
+    return [float(get_task(row["task"]).score(text, row)) for text, row in zip(texts, rows)]
+
+
+class StrictFormatReward:
+    """1.0 when the completion is exactly `<think>...</think>` then `<answer>...</answer>` (each tag once, in that
+    order, only whitespace around them), else 0.0. The strict format reward of Logic-RL (Xie et al. 2025,
+    arXiv:2502.14768), here on a 0/1 scale."""
+
+    __name__ = "format"
+    _pattern = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        rewards = []
+        for completion in completions:
+            text = completion_text(completion)
+            once = all(text.count(tag) == 1 for tag in TAGS)
+            rewards.append(1.0 if once and self._pattern.fullmatch(text) else 0.0)
+        return rewards
+
+
+class SoftFormatReward:
+    """1.0 when a `<think>...</think>` block is followed by an `<answer>...</answer>` block anywhere in the
+    completion (other text and repeated tags allowed), else 0.0. open-r1's soft format reward; it gives a
+    signal earlier than the strict one."""
+
+    __name__ = "format_soft"
+    _pattern = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        return [1.0 if self._pattern.search(completion_text(c)) else 0.0 for c in completions]
+
+
+class TagCountReward:
+    """Partial format credit: 0.25 for each of `<think>`, `</think>`, `<answer>`, `</answer>` that appears exactly
+    once (so 0.0 to 1.0). open-r1's `tag_count_reward`, without its newline requirements; it rewards the
+    first steps toward the format that the strict reward cannot see."""
+
+    __name__ = "tag_count"
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        return [float(sum(0.25 for tag in TAGS if completion_text(c).count(tag) == 1)) for c in completions]
+
+
+class AccuracyReward:
+    """The row's task verifier: 1.0 correct, 0.0 wrong (partial credit in between where the task gives it).
+    Rule-based outcome reward as in DeepSeek-R1 (arXiv:2501.12948) and Logic-RL."""
+
+    __name__ = "accuracy"
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        return verifier_scores(completions, kwargs)
+
+
+class BinaryAccuracyReward:
+    """+1 when the row's task verifier says correct (score 1.0), else -1: the symmetric answer reward of Logic-RL
+    (arXiv:2502.14768), which punishes a wrong answer as much as it rewards a right one."""
+
+    __name__ = "accuracy_binary"
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        return [1.0 if score >= 1.0 else -1.0 for score in verifier_scores(completions, kwargs)]
+
+
+class CosineScaledReward:
+    """Length-scaled correctness ("Demystifying Long Chain-of-Thought Reasoning", Yeo et al. 2025,
+    arXiv:2502.03373, App. C.1; used by Open-RS), over any task verifier.
+
+    With L the number of completion tokens, p = min(L / max_len, 1) and c = cos(p * pi):
+    correct: lo, hi = min_value_correct, max_value_correct; wrong: lo, hi = max_value_wrong, min_value_wrong;
+    reward = lo + 0.5 * (hi - lo) * (1 + c). A short right answer earns most, a short wrong answer loses most.
+    Same formula, clamp and defaults as TRL's `get_cosine_scaled_reward`, which only verifies math; length is
+    counted in tokens, not characters (open-r1 issue 312).
+    """
+
+    __name__ = "cosine"
+
+    def __init__(
+        self,
+        max_len: int = 1000,
+        min_value_wrong: float = -1.0,
+        max_value_wrong: float = -0.5,
+        min_value_correct: float = 0.5,
+        max_value_correct: float = 1.0,
+    ):
+        if max_len <= 0:
+            raise ConfigError(f"cosine_max_len: {max_len} must be a positive number of tokens.")
+        self.max_len = max_len
+        self.min_value_wrong, self.max_value_wrong = min_value_wrong, max_value_wrong
+        self.min_value_correct, self.max_value_correct = min_value_correct, max_value_correct
+
+    def __call__(self, completions, completion_ids, **kwargs) -> list[float]:
+        rewards = []
+        for score, ids in zip(verifier_scores(completions, kwargs), completion_ids):
+            progress = min(len(ids) / self.max_len, 1.0)
+            cosine = math.cos(progress * math.pi)
+            if score >= 1.0:
+                lo, hi = self.min_value_correct, self.max_value_correct
+            else:
+                lo, hi = self.max_value_wrong, self.min_value_wrong
+            rewards.append(lo + 0.5 * (hi - lo) * (1.0 + cosine))
+        return rewards
+
+
+def _script(char: str) -> str:
+    """The Unicode script of a letter, from its character name ("LATIN SMALL LETTER A" -> "LATIN")."""
+    try:
+        return unicodedata.name(char).split(" ", 1)[0]
+    except ValueError:
+        return "UNKNOWN"
+
+
+def _script_counts(text: str) -> Counter:
+    return Counter(_script(ch) for ch in text if ch.isalpha())
+
+
+class LanguageConsistencyReward:
+    """Penalty for drifting out of the prompt's script: reward = (share of the completion's letters written in a
+    script the prompt uses) - 1, so 0.0 for a completion in the prompt's script(s) and -1.0 for one entirely
+    in another (0.0 when the completion has no letters). The language-consistency reward of DeepSeek-R1
+    (arXiv:2501.12948, sec. 2.3.2), measured on Unicode scripts so it needs no language model; a script counts
+    as the prompt's when it holds at least `min_share` of the prompt's letters."""
+
+    __name__ = "language"
+
+    def __init__(self, min_share: float = 0.05):
+        if not 0.0 <= min_share < 1.0:
+            raise ConfigError(f"language_min_share: {min_share} must be in [0, 1).")
+        self.min_share = min_share
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        rewards = []
+        for prompt, completion in zip(prompts, completions):
+            if isinstance(prompt, str):
+                prompt_text = prompt
+            else:
+                prompt_text = " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, Mapping))
+            prompt_counts = _script_counts(prompt_text)
+            total = sum(prompt_counts.values())
+            allowed = {s for s, n in prompt_counts.items() if total and n / total >= self.min_share}
+            counts = _script_counts(completion_text(completion))
+            letters = sum(counts.values())
+            if not letters or not allowed:
+                rewards.append(0.0)
+                continue
+            rewards.append(sum(n for s, n in counts.items() if s in allowed) / letters - 1.0)
+        return rewards
+
+
+def _named(func: Callable, name: str) -> Callable:
+    """Give TRL's reward instance our registry name, so metrics read `rewards/<name>/mean`."""
+    func.__name__ = name
+    return func
+
+
+def _repetition_penalty(ngram_size: int, max_penalty: float) -> Callable:
+    if ngram_size < 1 or max_penalty > 0:
+        raise ConfigError(
+            f"repetition_n_grams/repetition_max_penalty: ({ngram_size}, {max_penalty}) must be >= 1 and <= 0."
+        )
+    return get_repetition_penalty_reward(ngram_size=ngram_size, max_penalty=max_penalty)
+
+
+# name -> factory taking the reward parameters (all of them, by their recipe names) and returning the reward.
+REWARDS: dict[str, Callable[..., Callable]] = {
+    "format": lambda **p: StrictFormatReward(),
+    "format_soft": lambda **p: SoftFormatReward(),
+    "tag_count": lambda **p: TagCountReward(),
+    "accuracy": lambda **p: AccuracyReward(),
+    "accuracy_binary": lambda **p: BinaryAccuracyReward(),
+    "cosine": lambda **p: CosineScaledReward(
+        max_len=p.get("cosine_max_len", 1000),
+        min_value_wrong=p.get("cosine_min_value_wrong", -1.0),
+        max_value_wrong=p.get("cosine_max_value_wrong", -0.5),
+        min_value_correct=p.get("cosine_min_value_correct", 0.5),
+        max_value_correct=p.get("cosine_max_value_correct", 1.0),
+    ),
+    "soft_overlong": lambda **p: _named(
+        get_soft_overlong_punishment(p.get("overlong_max_len", 1024), p.get("overlong_cache", 256)), "soft_overlong"
+    ),
+    "repetition_penalty": lambda **p: _named(
+        _repetition_penalty(p.get("repetition_n_grams", 3), p.get("repetition_max_penalty", -1.0)),
+        "repetition_penalty",
+    ),
+    "language": lambda **p: LanguageConsistencyReward(min_share=p.get("language_min_share", 0.05)),
+}
+
+
+def get_reward_funcs(names: Sequence[str], **params) -> list[Callable]:
+    """The reward functions named in a recipe's `reward_funcs`, built with the recipe's reward parameters.
+
+    `params` are the recipe's reward fields (`cosine_max_len`, `repetition_n_grams`, ...); unknown parameters
+    are ignored so a whole `GRPOScriptArguments` can be passed. An unknown reward name raises `ConfigError`
+    listing the valid ones.
+    """
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ConfigError(f"reward_funcs: empty; name at least one of: {', '.join(sorted(REWARDS))}.")
+    for name in names:
+        if name not in REWARDS:
+            raise unknown_name("reward_funcs", name, REWARDS)
+    params = {k: v for k, v in params.items() if v is not None}
+    return [REWARDS[name](**params) for name in names]
