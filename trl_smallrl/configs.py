@@ -135,6 +135,31 @@ class DataArguments(trl.ScriptArguments):
     dataset_name: str | None = field(
         default=None, metadata={"help": "Optional file or Hub dataset instead of generated rows."}
     )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Eval file/Hub dataset; default with `dataset_name`: its last eval_size rows a level."},
+    )
+    curriculum: str = field(
+        default="sequential",
+        metadata={"help": "sequential: level by level as accuracy rises; mixed: all levels from the start; off."},
+    )
+    curriculum_threshold: float = field(
+        default=0.7, metadata={"help": "Advance when the rolling accuracy on the current level reaches this."}
+    )
+    curriculum_window: int = field(
+        default=64, metadata={"help": "Rolling accuracy window, in prompts of the current level."}
+    )
+    curriculum_max_steps: int = field(
+        default=0, metadata={"help": "Advance after this many steps at a level whatever the accuracy (0: never)."}
+    )
+    curriculum_replay: float = field(
+        default=0.0, metadata={"help": "Fraction of prompts drawn from earlier levels (sequential mode)."}
+    )
+
+    def __post_init__(self):
+        from trl_smallrl.curriculum import validate_curriculum_args
+
+        validate_curriculum_args(self)
 
 
 @dataclass

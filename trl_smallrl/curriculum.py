@@ -1,0 +1,292 @@
+"""A self-advancing curriculum over task levels (K&K: 2 -> 3 -> 4 -> 5 -> 6 people) inside one GRPO run.
+
+Why: a 0.5B model trained on a 3-7 people mix from the start stays at the minimum reward, while a manual
+2 -> 6 curriculum, reloading checkpoints between stages, trains (Logic-RL practitioners; see DESIGN.md).
+Here the run starts at the first level and moves up when the rolling accuracy over the last `window`
+prompts of the current level reaches `threshold`, or after `max_steps_per_level` steps; `replay_fraction`
+keeps drawing prompts from the levels already passed. "mixed" draws every level equally from the start
+(the Logic-RL setup, for comparison).
+
+Every process must agree on the level at every step, or the prompt groups of one step would differ between
+ranks: `record_across_ranks` gathers the per-prompt statistics of all ranks before the curriculum sees them
+and then broadcasts rank 0's state as a guard. The state (level, windows, RNG, draw positions, start steps)
+goes into each checkpoint through `state_dict` / `load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from torch.utils.data import Sampler
+
+from trl_smallrl.errors import ConfigError
+
+MODES = ("sequential", "mixed", "off")
+STATE_FILE = "curriculum_state.json"
+
+
+def validate_curriculum_args(args) -> None:
+    """One-line errors for the curriculum fields of `DataArguments`."""
+    if args.curriculum not in MODES:
+        from trl_smallrl.errors import unknown_name
+
+        raise unknown_name("curriculum", args.curriculum, MODES)
+    if not 0.0 <= args.curriculum_threshold <= 1.0:
+        raise ConfigError(f"curriculum_threshold: {args.curriculum_threshold} is not an accuracy; use 0.0 to 1.0.")
+    if args.curriculum_window < 1:
+        raise ConfigError(f"curriculum_window: {args.curriculum_window} prompts; use at least 1.")
+    if args.curriculum_max_steps < 0:
+        raise ConfigError(f"curriculum_max_steps: {args.curriculum_max_steps}; use 0 (no limit) or more steps.")
+    if not 0.0 <= args.curriculum_replay < 1.0:
+        raise ConfigError(f"curriculum_replay: {args.curriculum_replay} is not a fraction; use 0.0 <= x < 1.0.")
+
+
+class Curriculum:
+    """Which levels to draw prompts from, decided from the accuracy the model reaches on them."""
+
+    def __init__(
+        self,
+        levels: Sequence[int],
+        mode: str = "sequential",
+        threshold: float = 0.7,
+        window: int = 64,
+        max_steps_per_level: int = 0,
+        replay_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        if not levels:
+            raise ConfigError("levels: the curriculum needs at least one level, e.g. [2, 3, 4, 5, 6].")
+        if len(set(levels)) != len(levels):
+            raise ConfigError(f"levels: {list(levels)} repeats a level; list each level once, easiest first.")
+        if mode not in MODES:
+            from trl_smallrl.errors import unknown_name
+
+            raise unknown_name("curriculum", mode, MODES)
+        self.levels = [int(level) for level in levels]
+        self.mode, self.threshold, self.window = mode, float(threshold), int(window)
+        self.max_steps_per_level, self.replay_fraction = int(max_steps_per_level), float(replay_fraction)
+        self.seed = seed
+        self.stage = 0  # index of the current level in `levels`
+        self.start_steps: dict[int, int] = {self.levels[0]: 0}
+        self.results: dict[int, deque[float]] = {level: deque(maxlen=self.window) for level in self.levels}
+        self.draw_positions: dict[int, int] = {level: 0 for level in self.levels}
+        self.rng = random.Random(seed)
+
+    @classmethod
+    def from_args(cls, data_args, levels: Sequence[int] | None = None, seed: int = 0) -> Curriculum:
+        """A curriculum from the `curriculum*` fields of `configs.DataArguments`."""
+        return cls(
+            levels=levels if levels is not None else data_args.levels,
+            mode=data_args.curriculum,
+            threshold=data_args.curriculum_threshold,
+            window=data_args.curriculum_window,
+            max_steps_per_level=data_args.curriculum_max_steps,
+            replay_fraction=data_args.curriculum_replay,
+            seed=seed,
+        )
+
+    @property
+    def current_level(self) -> int:
+        return self.levels[self.stage]
+
+    def level_weights(self) -> dict[int, float]:
+        """Probability of drawing each level for the next prompt."""
+        if self.mode != "sequential":
+            return {level: 1.0 / len(self.levels) for level in self.levels}
+        earlier = self.levels[: self.stage]
+        if not earlier or self.replay_fraction == 0.0:
+            return {self.current_level: 1.0}
+        weights = {level: self.replay_fraction / len(earlier) for level in earlier}
+        weights[self.current_level] = 1.0 - self.replay_fraction
+        return weights
+
+    def accuracy(self, level: int) -> float | None:
+        window = self.results.get(level)
+        return sum(window) / len(window) if window else None
+
+    def record(self, levels: Sequence[int], correct: Sequence[float], step: int) -> bool:
+        """Add per-prompt correctness (gathered from every rank); returns True when the level advanced.
+
+        Give one entry per prompt (e.g. the mean correctness of its generations, see `per_prompt`), in the
+        same order on every rank, so every rank takes the same decision.
+        """
+        for level, value in zip(levels, correct, strict=True):
+            if int(level) in self.results:
+                self.results[int(level)].append(float(value))
+        if self.mode != "sequential" or self.stage == len(self.levels) - 1:
+            return False
+        window = self.results[self.current_level]
+        mastered = len(window) == self.window and sum(window) / len(window) >= self.threshold
+        out_of_time = self.max_steps_per_level > 0 and step - self.start_steps[self.current_level] >= (
+            self.max_steps_per_level
+        )
+        if not (mastered or out_of_time):
+            return False
+        self.stage += 1
+        self.start_steps[self.current_level] = int(step)
+        return True
+
+    def draw(self, rows_by_level: Mapping[int, Sequence[int]], count: int) -> list[int]:
+        """`count` distinct-as-possible row indices from the current level mix.
+
+        Each level's rows are walked in a fresh shuffled order per pass (seeded by seed, level and pass), so a
+        level is exhausted before any of its rows repeats; the walk positions are part of the state.
+        """
+        weights = {level: w for level, w in self.level_weights().items() if rows_by_level.get(level)}
+        if not weights:
+            raise ConfigError(f"levels: the dataset has no rows at the curriculum's levels {self.levels}.")
+        chosen_levels = self.rng.choices(list(weights), weights=list(weights.values()), k=count)
+        indices = []
+        for level in chosen_levels:
+            rows = rows_by_level[level]
+            position = self.draw_positions.get(level, 0)
+            order = list(rows)
+            random.Random(f"{self.seed}-{level}-{position // len(rows)}").shuffle(order)
+            indices.append(order[position % len(rows)])
+            self.draw_positions[level] = position + 1
+        return indices
+
+    def metrics(self) -> dict[str, float]:
+        """`curriculum/level`, `curriculum/accuracy_level_{n}` (rolling) and `curriculum/start_step_level_{n}`."""
+        metrics: dict[str, float] = {"curriculum/level": float(self.current_level)}
+        for level in self.levels:
+            accuracy = self.accuracy(level)
+            if accuracy is not None:
+                metrics[f"curriculum/accuracy_level_{level}"] = accuracy
+        for level, step in self.start_steps.items():
+            metrics[f"curriculum/start_step_level_{level}"] = float(step)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-safe state: level, windows, RNG, draw positions and start steps (keys as strings)."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "levels": list(self.levels),
+            "mode": self.mode,
+            "stage": self.stage,
+            "start_steps": {str(k): v for k, v in self.start_steps.items()},
+            "results": {str(k): list(v) for k, v in self.results.items()},
+            "draw_positions": {str(k): v for k, v in self.draw_positions.items()},
+            "rng": [version, list(internal), gauss],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if [int(level) for level in state["levels"]] != self.levels:
+            raise ConfigError(
+                f"levels: the checkpoint's curriculum has levels {state['levels']} but the recipe says "
+                f"{self.levels}; resume with the same levels."
+            )
+        self.stage = int(state["stage"])
+        self.start_steps = {int(k): int(v) for k, v in state["start_steps"].items()}
+        self.results = {level: deque(maxlen=self.window) for level in self.levels}
+        for key, values in state["results"].items():
+            self.results[int(key)].extend(float(v) for v in values)
+        self.draw_positions = {int(k): int(v) for k, v in state["draw_positions"].items()}
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def save(self, folder) -> str:
+        """Write the state into a checkpoint folder atomically; returns the file path."""
+        import json
+        import os
+
+        path = os.path.join(folder, STATE_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(self.state_dict(), handle)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, folder) -> bool:
+        """Restore the state saved in a checkpoint folder; False when the folder has none."""
+        import json
+        import os
+
+        path = os.path.join(folder, STATE_FILE)
+        if not os.path.isfile(path):
+            return False
+        with open(path) as handle:
+            self.load_state_dict(json.load(handle))
+        return True
+
+
+def per_prompt(levels: Sequence[int], correct: Sequence[float], num_generations: int) -> tuple[list, list]:
+    """Collapse per-completion lists (each prompt's generations consecutive, as TRL orders them) per prompt."""
+    if len(levels) != len(correct) or len(levels) % num_generations:
+        raise ValueError(f"{len(levels)} completions do not form groups of {num_generations}")
+    groups = range(0, len(levels), num_generations)
+    return [int(levels[i]) for i in groups], [sum(correct[i : i + num_generations]) / num_generations for i in groups]
+
+
+def _distributed():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def gather_across_ranks(values: list) -> list:
+    """Concatenate a list from every rank, in rank order (identity in a single process)."""
+    dist = _distributed()
+    if dist is None:
+        return list(values)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(values))
+    return [value for part in gathered for value in part]
+
+
+def record_across_ranks(curriculum: Curriculum, levels: Sequence[int], correct: Sequence[float], step: int) -> bool:
+    """`curriculum.record` with the statistics of all ranks, then rank 0's state broadcast to every rank.
+
+    Call it on every rank at the same step with that rank's own per-prompt levels and correctness.
+    """
+    all_levels = gather_across_ranks([int(level) for level in levels])
+    all_correct = gather_across_ranks([float(value) for value in correct])
+    advanced = curriculum.record(all_levels, all_correct, step)
+    dist = _distributed()
+    if dist is not None:
+        shared = [curriculum.state_dict() if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        curriculum.load_state_dict(shared[0])
+    return advanced
+
+
+class CurriculumSampler(Sampler[int]):
+    """TRL's RepeatSampler contract, with prompts drawn from the curriculum's current level mix.
+
+    Yields chunks of `batch_size` prompt indices, each chunk repeated `repeat_count` times (reuse across
+    steps_per_generation / num_iterations) and each index `mini_repeat_count` times in a row (the group of
+    generations). The draw happens chunk by chunk, while training runs, so a level change takes effect at
+    the next generation batch. Every rank draws the same indices when the curriculum agrees across ranks.
+    """
+
+    def __init__(
+        self,
+        row_levels: Sequence[int],
+        curriculum: Curriculum,
+        mini_repeat_count: int,
+        batch_size: int = 1,
+        repeat_count: int = 1,
+    ):
+        self.curriculum = curriculum
+        self.mini_repeat_count, self.batch_size, self.repeat_count = mini_repeat_count, batch_size, repeat_count
+        self.num_samples = len(row_levels)
+        self.rows_by_level: dict[int, list[int]] = {}
+        for index, level in enumerate(row_levels):
+            self.rows_by_level.setdefault(int(level), []).append(index)
+        missing = [level for level in curriculum.levels if level not in self.rows_by_level]
+        if missing:
+            raise ConfigError(f"levels: the training data has no rows at levels {missing}; generate or add them.")
+
+    def __iter__(self) -> Iterator[int]:
+        for _ in range(self.num_samples // self.batch_size):
+            chunk = self.curriculum.draw(self.rows_by_level, self.batch_size)
+            for _ in range(self.repeat_count):
+                for index in chunk:
+                    for _ in range(self.mini_repeat_count):
+                        yield index
+
+    def __len__(self) -> int:
+        return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count

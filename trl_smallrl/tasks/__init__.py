@@ -1,0 +1,125 @@
+"""Task registry and dataset building: `get_task(name)`, `task_names()`, `build_dataset(data_args, split)`.
+
+Our own tasks (knights_knaves, alias kk; gsm8k; math) come first; every other reasoning-gym dataset name is
+a task too, generated and scored by reasoning-gym itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from trl_smallrl.errors import ConfigError, unknown_name
+from trl_smallrl.tasks.base import SPLITS, Task
+from trl_smallrl.tasks.gsm8k import BoxedNumberTask
+from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask
+from trl_smallrl.tasks.math import MathTask
+from trl_smallrl.tasks.reasoning_gym_tasks import ReasoningGymTask
+
+__all__ = ["Task", "build_dataset", "get_task", "load_records", "rows_from_records", "task_names"]
+
+TASKS: dict[str, type[Task]] = {
+    KnightsKnavesTask.name: KnightsKnavesTask,
+    BoxedNumberTask.name: BoxedNumberTask,
+    MathTask.name: MathTask,
+}
+ALIASES = {"kk": KnightsKnavesTask.name}
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _reasoning_gym_names() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return [name for name in DATASETS if name not in TASKS]
+
+
+def task_names() -> list[str]:
+    """Every valid task name: ours, their aliases, then reasoning-gym's."""
+    return sorted(TASKS) + sorted(ALIASES) + sorted(_reasoning_gym_names())
+
+
+@functools.cache
+def get_task(name: str) -> Task:
+    """The task registered under `name` (`kk` is `knights_knaves`); unknown names raise ConfigError."""
+    name = ALIASES.get(name, name)
+    if name in TASKS:
+        return TASKS[name]()
+    if name in _reasoning_gym_names():
+        return ReasoningGymTask(name)
+    raise unknown_name("task", name, task_names())
+
+
+def load_records(source: str, config: str | None = None, split: str = "train") -> list[dict[str, Any]]:
+    """Records of a file (parquet, jsonl, json) or a Hub dataset split, read with `datasets`."""
+    import datasets
+
+    if os.path.exists(source):
+        extension = os.path.splitext(source)[1].lower()
+        if extension not in FILE_FORMATS:
+            raise ConfigError(f"dataset_name: {source!r} has an unknown extension; use .jsonl, .json or .parquet.")
+        dataset = datasets.load_dataset(FILE_FORMATS[extension], data_files=source, split="train")
+    else:
+        try:
+            dataset = datasets.load_dataset(source, config, split=split)
+        except Exception as err:
+            raise ConfigError(
+                f"dataset_name: {source!r} is neither a file nor a reachable Hub dataset "
+                f"(split {split!r}): {type(err).__name__}; give a local .jsonl/.json/.parquet file."
+            ) from err
+    return list(dataset)
+
+
+def rows_from_records(
+    task: Task, records: Iterable[Mapping[str, Any]], levels: Iterable[int] | None, system_prompt: str | None
+) -> list[dict[str, Any]]:
+    """Rows of the shared schema from a task's records, keeping only the requested levels."""
+    wanted = set(levels) if levels else None
+    rows = (task.row_from_record(record, system_prompt) for record in records)
+    return [row for row in rows if wanted is None or row["level"] in wanted]
+
+
+def _split_file_rows(rows: list[dict[str, Any]], eval_size: int, split: str) -> list[dict[str, Any]]:
+    """Hold out the last `eval_size` rows of each level for evaluation; train on the rest (disjoint)."""
+    by_level: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_level.setdefault(row["level"], []).append(index)
+    held = {i for indices in by_level.values() for i in indices[len(indices) - min(eval_size, len(indices)) :]}
+    return [row for i, row in enumerate(rows) if (i in held) == (split == "eval")]
+
+
+def build_rows(data_args, split: str) -> list[dict[str, Any]]:
+    """Rows for `split` ("train" or "eval") as `build_dataset` returns them, as a list of dicts."""
+    if split not in SPLITS:
+        raise ConfigError(f"split: unknown value {split!r}; use one of {', '.join(SPLITS)}.")
+    task = get_task(data_args.task)
+    levels = task.levels_or_default(data_args.levels)
+    if data_args.dataset_name is None:
+        size = data_args.train_size if split == "train" else data_args.eval_size
+        return [
+            row
+            for level in levels
+            for row in task.generate_rows(level, size, data_args.task_seed, split, data_args.system_prompt)
+        ]
+    eval_source = getattr(data_args, "eval_dataset_name", None)
+    if split == "eval" and eval_source:
+        records = load_records(eval_source, data_args.dataset_config, data_args.dataset_test_split)
+        return rows_from_records(task, records, levels, data_args.system_prompt)
+    records = load_records(data_args.dataset_name, data_args.dataset_config, data_args.dataset_train_split)
+    rows = rows_from_records(task, records, levels, data_args.system_prompt)
+    if not rows:
+        raise ConfigError(f"dataset_name: {data_args.dataset_name!r} has no rows at levels {levels}.")
+    return rows if eval_source else _split_file_rows(rows, data_args.eval_size, split)
+
+
+def build_dataset(data_args, split: str = "train"):
+    """A `datasets.Dataset` of the shared row schema for `split`.
+
+    Generated from (`task`, `levels`, `train_size`/`eval_size`, `task_seed`) with disjoint train/eval seeds, or
+    read from `dataset_name`; a file's eval rows are `eval_dataset_name` when given, else the last `eval_size`
+    rows of each level, which are then left out of training.
+    """
+    import datasets
+
+    return datasets.Dataset.from_list(build_rows(data_args, split))
