@@ -163,11 +163,72 @@ class DataArguments(trl.ScriptArguments):
 
 
 @dataclass
+class GRPOScriptArguments(DataArguments):
+    """The rewards of a GRPO run (names from `trl_smallrl.rewards.REWARDS`) and their parameters.
+
+    Weights are TRL's `reward_weights`. Parameter names follow open-r1 where it has them.
+    """
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["format", "accuracy"],
+        metadata={"help": "Reward names: format, format_soft, tag_count, accuracy, accuracy_binary, cosine, "
+                  "soft_overlong, repetition_penalty, language."},
+    )
+    cosine_max_len: int = field(default=1000, metadata={"help": "cosine: length (tokens) where the schedule ends."})
+    cosine_min_value_wrong: float = field(default=-1.0, metadata={"help": "cosine: wrong answer, shortest."})
+    cosine_max_value_wrong: float = field(default=-0.5, metadata={"help": "cosine: wrong answer, longest."})
+    cosine_min_value_correct: float = field(default=0.5, metadata={"help": "cosine: right answer, longest."})
+    cosine_max_value_correct: float = field(default=1.0, metadata={"help": "cosine: right answer, shortest."})
+    overlong_max_len: int | None = field(
+        default=None, metadata={"help": "soft_overlong: L_max in tokens; default: max_completion_length."}
+    )
+    overlong_cache: int = field(default=64, metadata={"help": "soft_overlong: L_cache, the soft band in tokens."})
+    repetition_n_grams: int = field(default=3, metadata={"help": "repetition_penalty: n-gram size (tokens)."})
+    repetition_max_penalty: float = field(default=-1.0, metadata={"help": "repetition_penalty: penalty at 100%."})
+    language_min_share: float = field(
+        default=0.05, metadata={"help": "language: share of the prompt's letters that makes a script allowed."}
+    )
+
+
+DYNAMIC_SAMPLING_MODES = ("none", "mask", "resample")
+COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
+
+
+@dataclass
 class GRPOConfig(trl.GRPOConfig):
     """TRL's `GRPOConfig` plus what trl-smallrl adds (dynamic sampling, curriculum, monitors, resets)."""
 
+    dynamic_sampling: str = field(
+        default="none",
+        metadata={"help": "Zero-variance groups (DAPO): none | mask (drop from loss and normalization) | "
+                  "resample (replace them with groups of fresh prompts)."},
+    )
+    dynamic_sampling_max_tries: int = field(
+        default=3, metadata={"help": "resample: extra generation rounds at most per generation batch."}
+    )
+    collapse_fraction: float = field(
+        default=0.3, metadata={"help": "Collapse: think length below this fraction of its early average."}
+    )
+    collapse_patience: int = field(
+        default=5, metadata={"help": "Collapse: logging steps in a row below the fraction before acting."}
+    )
+    collapse_warmup: int = field(
+        default=3, metadata={"help": "Collapse: first logging steps whose think length forms the early average."}
+    )
+    collapse_action: str = field(
+        default="warn", metadata={"help": "Collapse: warn | stop | rollback (to the best checkpoint, then go on)."}
+    )
+
     def __post_init__(self):
         use_cpu_without_accelerator(self)
+        from trl_smallrl.errors import unknown_name
+
+        if self.dynamic_sampling not in DYNAMIC_SAMPLING_MODES:
+            raise unknown_name("dynamic_sampling", self.dynamic_sampling, DYNAMIC_SAMPLING_MODES)
+        if self.collapse_action not in COLLAPSE_ACTIONS:
+            raise unknown_name("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
+        if self.dynamic_sampling_max_tries < 0:
+            raise ConfigError(f"dynamic_sampling_max_tries: {self.dynamic_sampling_max_tries} must be >= 0.")
         super().__post_init__()
 
 
