@@ -1,0 +1,104 @@
+"""SFT warm-up: real TRL SFTTrainer on the tiny model; the loss falls and only assistant tokens are learned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trl_smallrl import sft
+from trl_smallrl.errors import ConfigError
+from trl_smallrl.models import MERGED_SUBDIR, resolve_model
+
+SYSTEM = "Answer in <think>...</think> then <answer>...</answer>."
+
+
+def _write_traces(path, n=8):
+    with open(path, "w") as f:
+        for i in range(n):
+            row = {
+                "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Who is {i}?"}],
+                "completion": f"<think>{i} is a knight.</think>\n<answer>(1) {i} is a knight</answer>",
+                "task": "knights_knaves",
+                "level": 2,
+                "answer": f"{i} is a knight",
+            }
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _argv(tiny_model_dir, traces, out, *extra):
+    return [
+        "--model_name_or_path", tiny_model_dir,
+        "--traces_file", str(traces),
+        "--output_dir", str(out),
+        "--max_steps", "12",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "5e-3",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--gradient_checkpointing", "false",
+        "--bf16", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("sft")
+    traces = _write_traces(tmp / "traces.jsonl")
+    argv = _argv(
+        tiny_model_dir, traces, tmp / "out", "--use_peft", "--lora_r", "8", "--lora_target_modules", "all-linear"
+    )
+    return sft.train(argv), tmp / "out"
+
+
+def test_sft_lowers_the_loss(lora_run):
+    trainer, _ = lora_run
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3  # a random 2-layer model: ~10.8 -> ~10.1
+    accuracy = [entry["mean_token_accuracy"] for entry in trainer.state.log_history if "loss" in entry]
+    assert accuracy[-1] > accuracy[0] + 0.3
+
+
+def test_only_assistant_tokens_have_labels(lora_run, tokenizer):
+    trainer, _ = lora_run
+    example = trainer.train_dataset[0]
+    batch = trainer.data_collator([example])
+    labels = batch["labels"][0]
+    learned = labels[labels != -100]
+    text = tokenizer.decode(learned)
+    # The whole trace and the end of the turn are learned; the system and user turns never are.
+    assert text.startswith("<think>0 is a knight.</think>\n<answer>(1) 0 is a knight</answer>")
+    assert text.endswith("<|im_end|>") or text.endswith("<|im_end|>\n")
+    masked = tokenizer.decode(batch["input_ids"][0][labels == -100])
+    assert SYSTEM in masked and "Who is 0?" in masked and "0 is a knight" not in masked
+    assert masked.endswith("<|im_start|>assistant\n")
+
+
+def test_adapter_output_resolves_to_float32_merged_model(lora_run, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, out = lora_run
+    merged_dir = resolve_model(str(out))
+    assert merged_dir.endswith(MERGED_SUBDIR)
+    assert resolve_model(str(out)) == merged_dir  # cached: the second call reuses the merge
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert merged.dtype == torch.float32
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-5, rtol=1e-5)
+        base_logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+    assert not torch.allclose(merged(ids).logits, base_logits)  # the adapter really is in the weights
+
+
+def test_traces_file_without_completion_column_is_a_config_error(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}], "answer": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="traces_file"):
+        sft.train(_argv(tiny_model_dir, bad, tmp_path / "out"))

@@ -1,0 +1,118 @@
+"""`smallrl-sft`: supervised warm-up on reasoning traces, a thin wrapper on TRL's `SFTTrainer`.
+
+A tiny instruct model starts RL cold: SmolLM2-135M-Instruct scores 0 on both format and accuracy on K&K with
+two people, so every GRPO group has zero advantage. A few hundred traces in the answer format fix the format
+first (DESIGN.md: 82% format after 168 traces). Traces come from the task's own trace writer (K&K: a
+case-by-case solution written from the puzzle's ground truth) or from a jsonl file written by `smallrl-traces`
+(the writer, or a local teacher model with rejection sampling: `trl_smallrl.teacher`).
+
+The loss covers the assistant's tokens only. SmolLM2's chat template has no generation markers, so TRL's
+`assistant_only_loss` cannot find the assistant span; the prompt/completion dataset format makes TRL mask
+the prompt (system + user turns) instead, which is the same thing for single-turn traces.
+
+The output folder (adapter or full model) is the starting point of GRPO: `model_name_or_path: outputs/<run>`
+resolves an adapter folder to its base merged with the adapter (`models.merged_adapter_path`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from trl_smallrl.configs import SFTConfig, SFTScriptArguments, parse_recipe, save_resolved_config
+from trl_smallrl.errors import ConfigError, exit_on_config_error
+from trl_smallrl.models import prepare_model_args
+
+logger = logging.getLogger(__name__)
+
+
+def trace_writer(task_name: str) -> Callable[[Mapping[str, Any]], str] | None:
+    """The offline trace writer of a task, or None when the task has none (use a traces file then)."""
+    from trl_smallrl.tasks import get_task
+
+    if get_task(task_name).name == "knights_knaves":
+        from trl_smallrl.tasks.knights_knaves import write_trace
+
+        return write_trace
+    return None
+
+
+def to_prompt_completion(rows, write_trace: Callable[[Mapping[str, Any]], str] | None = None):
+    """Rows of the task schema -> TRL's conversational prompt/completion format (only those two columns).
+
+    A row's completion is its `completion` column (a traces file: text or assistant messages) or, when absent,
+    what `write_trace(row)` writes.
+    """
+
+    def convert(row):
+        completion = row.get("completion")
+        if completion is None:
+            completion = write_trace(row)
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        return {"prompt": row["prompt"], "completion": completion}
+
+    if "completion" not in rows.column_names and write_trace is None:
+        raise ConfigError(
+            "traces_file: the task has no offline trace writer and no traces file was given; "
+            "write one with `smallrl-traces --teacher MODEL --task NAME` and set traces_file."
+        )
+    return rows.map(convert, remove_columns=[c for c in rows.column_names if c not in ("prompt", "completion")])
+
+
+def load_traces(script_args: SFTScriptArguments, split: str):
+    """The SFT dataset of a split: the traces file, else the task's generated rows with their written traces."""
+    from datasets import load_dataset
+
+    if script_args.traces_file and split == "train":
+        try:
+            rows = load_dataset("json", data_files=script_args.traces_file, split="train")
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(
+                f"traces_file: cannot read {script_args.traces_file!r} ({err}); "
+                "give a jsonl written by `smallrl-traces`."
+            ) from err
+        missing = {"prompt", "completion"} - set(rows.column_names)
+        if missing:
+            raise ConfigError(
+                f"traces_file: {script_args.traces_file!r} lacks the column(s) {sorted(missing)}; "
+                "give a jsonl written by `smallrl-traces`."
+            )
+        return to_prompt_completion(rows)
+    from trl_smallrl.tasks import build_dataset
+
+    return to_prompt_completion(build_dataset(script_args, split), trace_writer(script_args.task))
+
+
+def train(argv: list[str] | None = None):
+    """Parse a recipe, train, save the model (adapter or full) in `output_dir`; return the trainer."""
+    from trl import ModelConfig, SFTTrainer, get_peft_config
+
+    script_args, training_args, model_args = parse_recipe((SFTScriptArguments, SFTConfig, ModelConfig), argv)
+    prepare_model_args(model_args, training_args)
+    train_dataset = load_traces(script_args, "train")
+    eval_dataset = load_traces(script_args, "eval") if training_args.eval_strategy != "no" else None
+    trainer = SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+    if trainer.accelerator.is_main_process:
+        save_resolved_config(training_args.output_dir, script_args, training_args, model_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    logger.info("SFT output in %s; start GRPO with `model_name_or_path: %s`", *[training_args.output_dir] * 2)
+    return trainer
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    """Run supervised warm-up from a recipe: `smallrl-sft --config recipes/<model>/sft/<name>.yaml`."""
+    train(argv)
+
+
+if __name__ == "__main__":
+    main()
