@@ -1,0 +1,159 @@
+"""Watching a GRPO run: reasoning-health metrics, the collapse monitor, and the stop-safely guards.
+
+Small models trained with RL fail quietly: the think block shrinks to nothing while the format reward stays
+high, answers come without reasoning, completions hit the length limit, or one bad batch turns the loss into
+NaN and every later checkpoint is garbage. The metrics here make those visible in every log line; the
+callbacks act on them (warn, stop, roll back to the best checkpoint) and make an interrupted run leave a
+checkpoint that resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import signal
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_STRICT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+
+# Columns of the per-completion health table that the trainer gathers across ranks.
+HEALTH_COLUMNS = ("level", "correct", "think_tokens", "answer_without_reasoning", "format_ok", "truncated")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a reward became NaN or infinite: the run stops so that the last checkpoint stays good."""
+
+
+def completion_health(text: str, tokenizer) -> tuple[int, bool, bool]:
+    """(tokens inside <think>, answer given without reasoning, strict format right) for one completion.
+
+    An unclosed think block counts up to the end of the text (a truncated completion still reasoned).
+    """
+    think = _THINK.search(text)
+    think_text = think.group(1).strip() if think else ""
+    think_tokens = len(tokenizer(think_text, add_special_tokens=False)["input_ids"]) if think_text else 0
+    answer = _ANSWER.search(text)
+    answer_without_reasoning = bool(answer and answer.group(1).strip()) and think_tokens == 0
+    format_ok = all(text.count(tag) == 1 for tag in ("<think>", "</think>", "<answer>", "</answer>")) and bool(
+        _STRICT.fullmatch(text)
+    )
+    return think_tokens, answer_without_reasoning, format_ok
+
+
+def health_metrics(table: torch.Tensor) -> dict[str, float]:
+    """Reasoning-health metrics of one generation batch, from the gathered table (rows = completions,
+    columns = `HEALTH_COLUMNS`): think length mean/min, answer-without-reasoning rate, format-right-but-wrong
+    rate, truncation rate, accuracy overall and per level."""
+    if table.numel() == 0:
+        return {}
+    columns = dict(zip(HEALTH_COLUMNS, table.float().unbind(dim=1)))
+    correct = columns["correct"] >= 1.0
+    metrics = {
+        "health/think_length_mean": columns["think_tokens"].mean().item(),
+        "health/think_length_min": columns["think_tokens"].min().item(),
+        "health/answer_without_reasoning": columns["answer_without_reasoning"].mean().item(),
+        "health/format_right_but_wrong": ((columns["format_ok"] > 0) & ~correct).float().mean().item(),
+        "health/truncation_rate": columns["truncated"].mean().item(),
+        "health/accuracy": correct.float().mean().item(),
+    }
+    for level in sorted({int(v) for v in columns["level"].tolist()}):
+        at_level = columns["level"] == level
+        metrics[f"health/accuracy_level_{level}"] = correct[at_level].float().mean().item()
+    return metrics
+
+
+class CollapseMonitor(TrainerCallback):
+    """Acts when the think block collapses: think length below `fraction` of its early average (the mean over
+    the first `warmup` logging steps) for `patience` logging steps in a row.
+
+    `action`: "warn" logs a warning; "stop" saves a checkpoint and stops; "rollback" loads the weights of the
+    best checkpoint so far (`state.best_model_checkpoint`, kept by the Trainer when `metric_for_best_model` is
+    set) and goes on, or warns when there is none yet.
+    """
+
+    metric = "health/think_length_mean"
+
+    def __init__(self, trainer, fraction: float, patience: int, warmup: int, action: str):
+        self.trainer, self.fraction, self.patience, self.warmup, self.action = (
+            trainer,
+            fraction,
+            patience,
+            warmup,
+            action,
+        )
+        self.early: list[float] = []
+        self.below = 0
+        self.collapses = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        value = (logs or {}).get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        if len(self.early) < self.warmup:
+            self.early.append(value)
+            return
+        baseline = sum(self.early) / len(self.early)
+        self.below = self.below + 1 if value < self.fraction * baseline else 0
+        if self.below < self.patience:
+            return
+        self.below = 0
+        self.collapses += 1
+        message = (
+            f"step {state.global_step}: think length {value:.1f} tokens has stayed below "
+            f"{self.fraction:.0%} of its early average {baseline:.1f} for {self.patience} logging steps"
+        )
+        best = state.best_model_checkpoint
+        if self.action == "stop":
+            logger.warning("%s: stopping (collapse_action=stop) after saving a checkpoint.", message)
+            control.should_save = True
+            control.should_training_stop = True
+        elif self.action == "rollback" and best:
+            logger.warning("%s: rolling back to the best checkpoint %s.", message, best)
+            self.trainer._load_from_checkpoint(best)
+        else:
+            logger.warning("%s (collapse_action=%s).", message, self.action)
+
+
+class CheckpointOnSignal(TrainerCallback):
+    """SIGTERM or SIGINT (a preempted job, a Ctrl-C) saves a checkpoint at the end of the current optimizer step
+    and stops cleanly, so `resume_from_checkpoint` continues with no lost or repeated step. The flag is
+    all-reduced across ranks each step: every rank stops at the same step even if only one got the signal.
+    A second signal exits at once.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # second signal: the user insists
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning("got signal %d: saving a checkpoint at the end of this step, then stopping.", signum)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor([self.received or 0], device=args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            self.received = int(flag.item())
+            control.should_save = True
+            control.should_training_stop = True
