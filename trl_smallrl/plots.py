@@ -39,7 +39,14 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
     ),
     "accuracy_levels": (
         Panel(
-            "Accuracy per level and curriculum level",
+            "Accuracy per level (each batch)",
+            "accuracy",
+            (r"health/accuracy_level_\d+", r"health/accuracy"),
+            right_patterns=(r"curriculum/level",),
+            right_label="curriculum level",
+        ),
+        Panel(
+            "Rolling accuracy per level (curriculum)",
             "accuracy",
             (r"curriculum/accuracy_level_\d+",),
             right_patterns=(r"curriculum/level",),
@@ -59,6 +66,13 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
     "kl": (Panel("KL to the reference", "KL", (r"kl",)),),
     "entropy": (Panel("Token entropy", "nats", (r"entropy",)),),
     "clip_ratio": (Panel("Clip ratio", "fraction", (r"clip_ratio/.+",)),),
+    "reasoning_health": (
+        Panel(
+            "Reasoning health",
+            "fraction",
+            (r"health/answer_without_reasoning", r"health/format_right_but_wrong", r"health/truncation_rate"),
+        ),
+    ),
     "zero_std_groups": (Panel("Groups with equal rewards (no signal)", "fraction", (r"frac_reward_zero_std",)),),
 }
 
@@ -179,7 +193,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         keyed = [(panel, keys) for panel, keys in keyed if keys]
         if not keyed:
             continue
-        fig, axes = plt.subplots(1, len(keyed), figsize=(6.4 * len(keyed), 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(keyed), figsize=(6.6 * len(keyed), 4.2), squeeze=False, layout="constrained")
         for ax, (panel, keys) in zip(axes[0], keyed):
             colors = plt.cm.tab10.colors
             for i, key in enumerate(keys):
@@ -195,6 +209,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
                     steps, values = metric_series(log_history, key)
                     right.plot(steps, values, color="black", linestyle="--", drawstyle="steps-post", label=key)
                 right.set_ylabel(panel.right_label)
+                right.yaxis.set_major_locator(MaxNLocator(integer=True))
                 extra_handles, extra_labels = right.get_legend_handles_labels()
                 handles, labels = handles + extra_handles, labels + extra_labels
             ax.legend(handles, labels, fontsize=7, loc="best")
@@ -217,7 +232,9 @@ def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
         levels += [level for level in model["levels"] if level not in levels]
     if not levels:
         return []
-    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(levels), figsize=(3.6 * len(levels), 3.6), squeeze=False, sharey=True, layout="constrained"
+    )
     for ax, level in zip(axes[0], levels):
         for model in result["models"]:
             stats = model["levels"].get(level)

@@ -1,0 +1,154 @@
+"""Model card and upload folder of a real tiny LoRA GRPO run; the push is checked at the huggingface_hub call."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from trl_smallrl.errors import ConfigError
+from trl_smallrl.evaluation import results_table, summarize
+from trl_smallrl.hub import main, prepare_upload, public_model_id
+from trl_smallrl.models import EMBEDDED_MODELS, cache_root
+
+FAKE_TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+
+
+@pytest.fixture
+def run(tiny_grpo_run, tmp_path, monkeypatch):
+    """The tiny run plus what trl-smallrl's entry points add: the saved config and curriculum metrics."""
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    run_dir = shutil.copytree(tiny_grpo_run, tmp_path / "run")
+    config = {
+        "reward_funcs": ["accuracy", "brevity"],
+        "reward_weights": [1.0, 0.5],
+        "hub_model_id": "someone/tiny-kk",
+        "hub_token": "<redacted>",
+        "learning_rate": 1e-6,
+        "cosine_max_len": 512,
+    }
+    (run_dir / "smallrl_config.json").write_text(json.dumps(config))
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    for entry in state["log_history"]:
+        if "reward" in entry:
+            entry["curriculum/level"] = 2 if entry["step"] < 3 else 3
+            entry["curriculum/accuracy_level_2"] = 0.75
+    (run_dir / "trainer_state.json").write_text(json.dumps(state))
+    return run_dir
+
+
+@pytest.fixture
+def eval_json(tmp_path):
+    records = [
+        {"level": 2, "correct": [True, False], "formatted": [True, True], "lengths": [7, 9], "truncated": [False] * 2},
+        {
+            "level": 3,
+            "correct": [False, False],
+            "formatted": [True, False],
+            "lengths": [8, 8],
+            "truncated": [True] * 2,
+        },
+    ]
+    result = {"spec": {"k": [1, 2]}, "models": [{"label": "grpo", "levels": summarize(records, [1, 2])}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(result))
+    return path
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dry_run_folder_card_and_peft_load(run, eval_json, tmp_path, capsys):
+    from peft import AutoPeftModelForCausalLM
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"learning_rate": 1e-6, "hub_token": FAKE_TOKEN, "reward_funcs": ["accuracy"]}))
+    out = tmp_path / "upload"
+    main([str(run), "--dry-run", str(out), "--eval", str(eval_json), "--recipe", str(recipe)])
+
+    files = files_of(out)
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(files)
+    assert "plots/reward.png" in files and "plots/pass_at_k.png" in files and "plots/accuracy_levels.png" in files
+    assert "training_args.bin" not in files  # a pickle of the training arguments, token field included
+    printed = capsys.readouterr()
+    for name, data in files.items():
+        assert FAKE_TOKEN.encode() not in data, name
+    assert FAKE_TOKEN not in printed.out + printed.err
+
+    card = files["README.md"].decode()
+    assert results_table(json.loads(eval_json.read_text())).strip() in card
+    assert "| accuracy | 1 |" in card and "| brevity | 0.5 |" in card
+    assert "| 2 | 1 | 0.750 |" in card and "| 3 | 3 |" in card  # curriculum: level, start step, accuracy
+    assert "hub_token: <redacted>" in card
+    assert "![reward](plots/reward.png)" in card
+
+    # The adapter loads back with PEFT and is the trained one.
+    loaded = AutoPeftModelForCausalLM.from_pretrained(out)
+    reference = AutoPeftModelForCausalLM.from_pretrained(run)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(loaded(ids).logits, reference(ids).logits)
+
+
+def test_push_sends_exactly_the_dry_run_folder(run, eval_json, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+
+    def upload_folder(self, *, folder_path, repo_id, **kwargs):
+        calls["upload_folder"] = (repo_id, files_of(tmp_path.__class__(folder_path)), kwargs)
+        assert self.token is None  # huggingface_hub reads HF_TOKEN itself; we never pass it around
+        return "https://huggingface.co/someone/tiny-kk/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    main([str(run), "--eval", str(eval_json)])  # repo id from the run's hub_model_id
+
+    assert calls["create_repo"] == ("someone/tiny-kk", {"repo_type": "model", "private": False, "exist_ok": True})
+    repo_id, uploaded, _ = calls["upload_folder"]
+    assert repo_id == "someone/tiny-kk"
+    main([str(run), "--eval", str(eval_json), "--dry-run", str(tmp_path / "dry")])
+    dry = files_of(tmp_path / "dry")
+    assert set(uploaded) == set(dry)
+    assert {k: v for k, v in uploaded.items() if not k.endswith(".png")} == {
+        k: v for k, v in dry.items() if not k.endswith(".png")
+    }
+    assert 'AutoPeftModelForCausalLM.from_pretrained("someone/tiny-kk")' in dry["README.md"].decode()
+
+
+def test_a_token_in_a_run_file_stops_the_upload(run, tmp_path):
+    tokenizer_config = json.loads((run / "tokenizer_config.json").read_text())
+    tokenizer_config["note"] = FAKE_TOKEN
+    (run / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(ConfigError, match="tokenizer_config.json contains your Hub token"):
+        prepare_upload(run, tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".upload")]  # no staging folder left behind
+
+
+def test_merged_upload_is_a_plain_model(run, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    out = prepare_upload(run, tmp_path / "merged", merge=True)
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    assert "library_name: transformers" in (out / "README.md").read_text()
+    ids = torch.tensor([[5, 6, 7]])
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(merged(ids).logits, AutoPeftModelForCausalLM.from_pretrained(run)(ids).logits)
+
+
+def test_missing_repo_id_and_base_model_names():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["/nonexistent-run", "--dry-run", "/tmp/x"])
+    assert exit_info.value.code == 2
+    alias, embedded = next(iter(EMBEDDED_MODELS.items()))
+    assert public_model_id(str(cache_root() / "models" / alias)) == embedded.hub_id
+    assert public_model_id(alias) == embedded.hub_id
+    assert public_model_id("org/model") == "org/model"

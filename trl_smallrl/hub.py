@@ -1,0 +1,380 @@
+"""Share a run on the Hugging Face Hub: the adapter (or the merged model) with a model card that explains it.
+
+The card is generated from what the run wrote: the base model's public id (the Hub id behind the embedded
+alias, not a cache path), the recipe, the rewards and their weights, the curriculum's history, the eval
+table of `smallrl-eval` and the plots of `smallrl-plot`. Only an allow-list of files is uploaded (weights,
+tokenizer, card, plots, the redacted config and the trainer state), never `training_args.bin`, optimizer
+states or checkpoints. A dry run writes exactly the folder that would be uploaded; the upload sends that
+folder. The token is read by `huggingface_hub` itself (HF_TOKEN or `hf auth login`): it is never an argument,
+and every folder is checked for it before it is written out or uploaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trl_smallrl.configs import _redact
+from trl_smallrl.errors import ConfigError, exit_on_config_error
+from trl_smallrl.models import EMBEDDED_MODELS, cache_root, hub_id_of, resolve_model
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json")
+TOKENIZER_PATTERNS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+CONFIG_FILE = "smallrl_config.json"
+# The settings a reader of the card wants first, when the run's recipe file is not given.
+KEY_SETTINGS = (
+    "model_name_or_path",
+    "task",
+    "levels",
+    "curriculum",
+    "curriculum_threshold",
+    "reward_funcs",
+    "reward_weights",
+    "learning_rate",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "beta",
+    "loss_type",
+    "epsilon",
+    "epsilon_high",
+    "dynamic_sampling",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+    "seed",
+)
+
+
+def public_model_id(name_or_path: str) -> str:
+    """The id a reader can load: the Hub id of an embedded alias or of its converted cache folder."""
+    path = Path(str(name_or_path)).expanduser()
+    if path.name in EMBEDDED_MODELS and path.parent.resolve() == (cache_root() / "models").resolve():
+        return hub_id_of(path.name)
+    return hub_id_of(str(name_or_path))
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def curriculum_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each curriculum level with the step it started at and its last rolling accuracy, from the logs."""
+    history: list[dict[str, Any]] = []
+    for entry in log_history:
+        level = entry.get("curriculum/level")
+        if level is not None and (not history or history[-1]["level"] != int(level)):
+            history.append({"level": int(level), "start_step": entry.get("step")})
+    for item in history:
+        key = f"curriculum/accuracy_level_{item['level']}"
+        values = [entry[key] for entry in log_history if key in entry]
+        item["last_accuracy"] = values[-1] if values else None
+    return history
+
+
+def _rewards_table(config: Mapping[str, Any], log_history: Sequence[Mapping[str, Any]]) -> str:
+    names = config.get("reward_funcs") or sorted(
+        {
+            key.split("/")[1]
+            for entry in log_history
+            for key in entry
+            if key.startswith("rewards/") and key.count("/") == 2
+        }
+    )
+    if not names:
+        return ""
+    weights = config.get("reward_weights") or [1.0] * len(names)
+    lines = ["| reward | weight | last logged mean |", "|---|---:|---:|"]
+    for name, weight in zip(names, weights):
+        values = [entry[f"rewards/{name}/mean"] for entry in log_history if f"rewards/{name}/mean" in entry]
+        lines.append(f"| {name} | {weight:g} | {f'{values[-1]:.3f}' if values else '-'} |")
+    params = {k: v for k, v in config.items() if k.startswith(("cosine_", "overlong_", "repetition_", "language_"))}
+    if params:
+        lines.append("")
+        lines.append("Reward parameters: " + ", ".join(f"`{k}={v}`" for k, v in sorted(params.items())) + ".")
+    return "\n".join(lines)
+
+
+def _recipe_yaml(config: Mapping[str, Any], recipe: str | os.PathLike | None, base_model: str) -> str:
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(
+                f"--recipe: {str(path)!r} does not exist; give the YAML recipe the run was trained with."
+            )
+        loaded = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_dump(_redact(loaded), sort_keys=False)
+    selected = {key: config[key] for key in KEY_SETTINGS if key in config}
+    if "model_name_or_path" in selected:
+        selected["model_name_or_path"] = base_model
+    return yaml.safe_dump(_redact(selected), sort_keys=False) if selected else ""
+
+
+def build_model_card(
+    *,
+    title: str,
+    base_model: str,
+    merged: bool,
+    config: Mapping[str, Any],
+    log_history: Sequence[Mapping[str, Any]],
+    recipe_yaml: str,
+    eval_table: str | None,
+    plot_files: Sequence[str],
+) -> str:
+    """The README.md of the upload: Hub metadata, how to load it, recipe, rewards, curriculum, eval, plots."""
+    from huggingface_hub import ModelCardData
+
+    metadata = ModelCardData(
+        base_model=base_model if _is_hub_id(base_model) else None,
+        library_name="transformers" if merged else "peft",
+        pipeline_tag="text-generation",
+        tags=["trl", "trl-smallrl", "grpo", "reasoning", *([] if merged else ["lora"])],
+    )
+    loading = (
+        f'model = AutoModelForCausalLM.from_pretrained("{title}")'
+        if merged
+        else f'model = AutoPeftModelForCausalLM.from_pretrained("{title}")  # loads {base_model} + this adapter'
+    )
+    import_line = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer"
+        if merged
+        else "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer"
+    )
+    sections = [
+        f"---\n{metadata.to_yaml()}\n---",
+        f"# {title}",
+        f"{'A merged model' if merged else 'A LoRA adapter'} for [{base_model}]"
+        f"({'https://huggingface.co/' + base_model if _is_hub_id(base_model) else base_model}), trained with "
+        "trl-smallrl (TRL GRPO for small reasoning models). Completions are expected as "
+        "`<think> ... </think>` then `<answer> ... </answer>`.",
+        f"## Usage\n\n```python\n{import_line}\n\n{loading}\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{title}")\n```',
+    ]
+    if eval_table:
+        sections.append(
+            "## Evaluation\n\npass@k (unbiased estimator), strict format rate and mean completion tokens "
+            "per level, from `smallrl-eval`:\n\n" + eval_table.strip()
+        )
+    rewards = _rewards_table(config, log_history)
+    if rewards:
+        sections.append("## Rewards\n\n" + rewards)
+    history = curriculum_history(log_history)
+    if history:
+        rows = ["| level | started at step | last rolling accuracy |", "|---:|---:|---:|"]
+        for item in history:
+            accuracy = "-" if item["last_accuracy"] is None else f"{item['last_accuracy']:.3f}"
+            rows.append(f"| {item['level']} | {item['start_step']} | {accuracy} |")
+        sections.append("## Curriculum\n\n" + "\n".join(rows))
+    if recipe_yaml:
+        sections.append(f"## Recipe\n\n```yaml\n{recipe_yaml.strip()}\n```")
+    if plot_files:
+        sections.append("## Training curves\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in plot_files))
+    return "\n\n".join(sections) + "\n"
+
+
+def _copy_matching(source: Path, target: Path, patterns: Sequence[str]) -> list[str]:
+    copied = []
+    for pattern in patterns:
+        for path in sorted(source.glob(pattern)):
+            if path.is_file():
+                shutil.copy2(path, target / path.name)
+                copied.append(path.name)
+    return copied
+
+
+def _current_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def check_no_token(folder: str | os.PathLike) -> None:
+    """Refuse a folder in which any file contains the Hub token in use (HF_TOKEN or the stored login)."""
+    token = _current_token()
+    if not token:
+        return
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and token.encode() in path.read_bytes():
+            raise ConfigError(f"upload: {path.name} contains your Hub token; remove it from the run before pushing.")
+
+
+def prepare_upload(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    title: str | None = None,
+    eval_json: str | os.PathLike | None = None,
+    recipe: str | os.PathLike | None = None,
+    merge: bool = False,
+    base_model: str | None = None,
+) -> Path:
+    """Write the folder an upload sends: weights, tokenizer, README.md (the card), plots, redacted records.
+
+    `run_dir` is a training output_dir holding a PEFT adapter (or a full model). `merge` writes the adapter
+    merged into its base instead. The folder is built beside `out_dir` and moved into place at the end.
+    """
+    from trl_smallrl.evaluation import results_table
+    from trl_smallrl.plots import load_log_history, plot_pass_at_k, plot_run
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    adapter_config = _read_json(run_dir / "adapter_config.json")
+    if not adapter_config and not (run_dir / "config.json").is_file():
+        raise ConfigError(
+            f"run_dir: {str(run_dir)!r} holds no adapter_config.json nor config.json; point it at a training "
+            "output_dir (or one of its checkpoint-N folders)."
+        )
+    if merge and not adapter_config:
+        raise ConfigError(f"--merge: {str(run_dir)!r} is a full model, not an adapter; drop --merge.")
+    config = _read_json(run_dir / CONFIG_FILE)
+    base_source = adapter_config.get("base_model_name_or_path") or config.get("model_name_or_path") or str(run_dir)
+    base_model = base_model or public_model_id(base_source)
+    if not _is_hub_id(base_model):
+        print(
+            f"warning: base model {base_model!r} is not a Hub id; readers cannot load it. Pass --base-model ORG/NAME."
+        )
+    try:
+        log_history = load_log_history(run_dir)
+    except ConfigError:
+        log_history = []
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        if merge:
+            _save_merged(run_dir, base_source, staging)
+        elif adapter_config:
+            _copy_matching(run_dir, staging, ADAPTER_FILES)
+            adapter_config["base_model_name_or_path"] = base_model  # a Hub id, not this machine's cache path
+            (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+        else:
+            _copy_matching(run_dir, staging, MODEL_PATTERNS)
+        _copy_matching(run_dir, staging, TOKENIZER_PATTERNS)
+        if config:
+            (staging / CONFIG_FILE).write_text(json.dumps(_redact(config), indent=2, sort_keys=True))
+        if log_history:
+            (staging / "trainer_state.json").write_text(json.dumps({"log_history": log_history}, indent=1))
+        plot_files = [str(p.relative_to(staging)) for p in plot_run(staging, staging / "plots")] if log_history else []
+        eval_table = None
+        if eval_json is not None:
+            plot_files += [str(p.relative_to(staging)) for p in plot_pass_at_k(eval_json, staging / "plots")]
+            result = json.loads(Path(eval_json).read_text())
+            eval_table = results_table(result)
+            (staging / "eval_results.json").write_text(json.dumps(result, indent=2))
+        card = build_model_card(
+            title=title or run_dir.resolve().name,
+            base_model=base_model,
+            merged=merge,
+            config=config,
+            log_history=log_history,
+            recipe_yaml=_recipe_yaml(config, recipe, base_model),
+            eval_table=eval_table,
+            plot_files=plot_files,
+        )
+        (staging / "README.md").write_text(card)
+        check_no_token(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _save_merged(run_dir: Path, base_source: str, target: Path) -> None:
+    """The adapter merged into its base model (float32), saved as a plain transformers model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(base_source), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload()
+    merged.save_pretrained(target)
+
+
+def push(
+    folder: str | os.PathLike, repo_id: str, *, private: bool = False, commit_message: str = "Upload from trl-smallrl"
+) -> str:
+    """Upload a folder written by `prepare_upload` to `repo_id` (created if missing); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    check_no_token(folder)
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
+def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, **options) -> str:
+    """Build the upload of a finished run in a temporary folder and push it (for entry points: `push_to_hub`).
+
+    `repo_id` defaults to the run's `hub_model_id` (from smallrl_config.json); `options` go to `prepare_upload`,
+    except `private` (default: the run's `hub_private_repo`).
+    """
+    config = _read_json(Path(run_dir) / CONFIG_FILE)
+    repo_id = repo_id or config.get("hub_model_id")
+    if not repo_id:
+        raise ConfigError(
+            "hub_model_id: no repository named; set hub_model_id in the recipe or pass --repo-id ORG/NAME."
+        )
+    private = bool(options.pop("private", None) or config.get("hub_private_repo"))
+    with tempfile.TemporaryDirectory(prefix="smallrl-push-") as tmp:
+        folder = prepare_upload(run_dir, Path(tmp) / "upload", title=repo_id, **options)
+        return push(folder, repo_id, private=private)
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    """`smallrl-push RUN_DIR [--repo-id ORG/NAME] [--eval results.json] [--merge] [--dry-run DIR]`."""
+    parser = argparse.ArgumentParser(prog="smallrl-push", description=main.__doc__)
+    parser.add_argument("run_dir", help="training output_dir with the adapter (or a checkpoint-N folder)")
+    parser.add_argument("--repo-id", help="Hub repository; default: hub_model_id of the run's recipe")
+    parser.add_argument("--eval", dest="eval_json", help="results.json of smallrl-eval, for the card's table")
+    parser.add_argument("--recipe", help="the YAML recipe of the run, shown in the card (secrets redacted)")
+    parser.add_argument("--merge", action="store_true", help="upload the adapter merged into its base model")
+    parser.add_argument("--base-model", help="Hub id of the base model when the run used a local folder")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry-run", metavar="DIR", help="write the folder that would be uploaded to DIR; no upload")
+    args = parser.parse_args(argv)
+    options = {"eval_json": args.eval_json, "recipe": args.recipe, "merge": args.merge, "base_model": args.base_model}
+    if args.dry_run:
+        config = _read_json(Path(args.run_dir) / CONFIG_FILE)
+        title = args.repo_id or config.get("hub_model_id")
+        folder = prepare_upload(args.run_dir, args.dry_run, title=title, **options)
+        print(
+            f"dry run: the upload would be exactly {folder} ({sum(1 for p in folder.rglob('*') if p.is_file())} files)"
+        )
+        return
+    print(push_run(args.run_dir, args.repo_id, private=args.private, **options))
+
+
+if __name__ == "__main__":
+    main()
