@@ -76,8 +76,18 @@ def rows_from_records(
 ) -> list[dict[str, Any]]:
     """Rows of the shared schema from a task's records, keeping only the requested levels."""
     wanted = set(levels) if levels else None
-    rows = (task.row_from_record(record, system_prompt) for record in records)
+    rows = (_as_row(task, record, system_prompt) for record in records)
     return [row for row in rows if wanted is None or row["level"] in wanted]
+
+
+def _as_row(task: Task, record: Mapping[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    """A record that already is a row of this task (e.g. written by `smallrl-data`) is kept; others convert."""
+    if "prompt" in record and record.get("task") == task.name:
+        row = dict(record)
+        if system_prompt is not None:
+            row["prompt"] = task.prompt(row["prompt"][-1]["content"], system_prompt)
+        return row
+    return task.row_from_record(record, system_prompt)
 
 
 def _split_file_rows(rows: list[dict[str, Any]], eval_size: int, split: str) -> list[dict[str, Any]]:

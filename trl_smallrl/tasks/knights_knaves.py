@@ -15,6 +15,7 @@ The trace therefore grows with the number of deductions, not with the 2^n assign
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -320,36 +321,43 @@ def write_trace(row: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- verifier
+@functools.lru_cache(maxsize=4096)
+def _answer_patterns(names: tuple[str, ...], knight: str, knave: str):
+    """Role words, name index, token and subject patterns of one puzzle (cached: rewards score each many times)."""
+    role_words: dict[str, bool] = {}
+    for is_knight, word in ((True, knight), (False, knave), (True, "knight"), (False, "knave")):
+        role_words.setdefault(word, is_knight)
+        role_words.setdefault(word + "s", is_knight)
+    name_index = {name.lower(): i for i, name in enumerate(names)}
+    alternatives = sorted(list(name_index) + list(role_words), key=len, reverse=True)
+    words = "|".join(re.escape(w) for w in alternatives)
+    token = re.compile(rf"\b({words}|not|isn't|aren't)\b", re.IGNORECASE)
+    subject = re.compile(rf"\b([^\W\d_][\w'-]*)\s+(?:is|are)\s+(?:not\s+)?(?:an?\s+)?(?:{words})\b", re.IGNORECASE)
+    return role_words, name_index, token, subject
+
+
 def parse_roles(answer: str, names: Sequence[str], roles: Roles) -> tuple[dict[int, set[bool]], bool]:
     """Roles an answer gives each person, and whether it names someone who is not in the puzzle.
 
     Accepts "(1) A is a knight\\n(2) B is a knave", "A is a knight, B is a knave, and C is a knight.",
     "A and B are knights", "A is not a knave", in any case, with the puzzle's own words or knight/knave.
     """
-    role_words: dict[str, bool] = {}
-    for knight, word in ((True, roles.knight), (False, roles.knave), (True, "knight"), (False, "knave")):
-        role_words.setdefault(word, knight)
-        role_words.setdefault(word + "s", knight)
-    name_index = {name.lower(): i for i, name in enumerate(names)}
-    alternatives = sorted(list(name_index) + list(role_words), key=len, reverse=True)
-    words = "|".join(re.escape(w) for w in alternatives)
-    token = re.compile(rf"\b({words}|not|isn't|aren't)\b", re.IGNORECASE)
-    subject = re.compile(rf"\b([^\W\d_][\w'-]*)\s+(?:is|are)\s+(?:not\s+)?(?:an?\s+)?(?:{words})\b", re.IGNORECASE)
-
+    role_words, name_index, token, subject = _answer_patterns(tuple(names), roles.knight, roles.knave)
     given: dict[int, set[bool]] = {}
-    pending: list[int] = []
+    pending: list[int] = []  # names waiting for their role ("A and B are knights")
+    last: list[int] = []  # names that just got a role: "A is a knight/knave" gives A both
     negated = False
     for match in token.finditer(answer):
         word = match.group(1).lower()
         if word in name_index:
             pending.append(name_index[word])
-            negated = False
+            last, negated = [], False
         elif word in ("not", "isn't", "aren't"):
-            negated = bool(pending)
-        elif pending:
-            for person in pending:
+            negated = True
+        else:
+            for person in pending or last:
                 given.setdefault(person, set()).add(role_words[word] != negated)
-            pending, negated = [], False
+            last, pending, negated = pending or last, [], False
     foreign = any(
         m.group(1).lower() not in name_index
         and m.group(1).lower() not in _NOT_PEOPLE
