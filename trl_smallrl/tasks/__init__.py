@@ -40,10 +40,13 @@ def task_names() -> list[str]:
     return sorted(TASKS) + sorted(ALIASES) + sorted(_reasoning_gym_names())
 
 
-@functools.cache
 def get_task(name: str) -> Task:
     """The task registered under `name` (`kk` is `knights_knaves`); unknown names raise ConfigError."""
-    name = ALIASES.get(name, name)
+    return _task(ALIASES.get(name, name))
+
+
+@functools.cache
+def _task(name: str) -> Task:
     if name in TASKS:
         return TASKS[name]()
     if name in _reasoning_gym_names():
