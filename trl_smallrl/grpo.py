@@ -127,6 +127,12 @@ class SmallRLGRPOTrainer(GRPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.curriculum is not None and self.model.training:
             logs.update(self.curriculum.metrics())
+            # Every rank calls log: check that all ranks draw from the same level (a desync would mix groups).
+            level = torch.tensor([float(self.curriculum.current_level)], device=self.accelerator.device)
+            levels = self.accelerator.gather(level)
+            logs["curriculum/levels_agree"] = float(bool((levels == levels[0]).all()))
+            if not logs["curriculum/levels_agree"]:
+                logger.warning("curriculum levels differ across ranks: %s", levels.tolist())
         super().log(logs, start_time)
 
     # ----- rewards: guard, health, curriculum statistics -----

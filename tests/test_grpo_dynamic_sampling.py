@@ -1,0 +1,130 @@
+"""Dynamic sampling on a batch with known zero-variance groups, with TRL's real GRPO loss on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOTrainer
+
+from trl_smallrl import configs
+from trl_smallrl.grpo import KEEP_KEY, SmallRLGRPOTrainer
+
+GROUP = 4
+CONSTANT = [True, False, True, False]  # prompts 0 and 2 get the same reward for every completion
+
+
+def reward_constant_or_varied(completions, completion_ids, constant, **kwargs):
+    """1.0 for the rows marked constant; a value that differs between completions otherwise."""
+    return [1.0 if c else sum(ids) / 1000.0 for c, ids in zip(constant, completion_ids)]
+
+
+def _rows(n_prompts):
+    return [
+        {"prompt": [{"role": "user", "content": f"Say something about {i}."}], "constant": CONSTANT[i % 4]}
+        for i in range(n_prompts)
+    ]
+
+
+def _trainer(tiny_model_dir, tmp_path, mode, **overrides):
+    args = configs.GRPOConfig(
+        output_dir=str(tmp_path / mode),
+        num_generations=GROUP,
+        per_device_train_batch_size=GROUP * len(CONSTANT),
+        max_completion_length=8,
+        dynamic_sampling=mode,
+        report_to="none",
+        seed=0,
+        bf16=False,
+        **overrides,
+    )
+    return SmallRLGRPOTrainer(
+        model=tiny_model_dir,
+        reward_funcs=[reward_constant_or_varied],
+        args=args,
+        train_dataset=Dataset.from_list(_rows(16)),
+    )
+
+
+def _batch():
+    return [row for row in _rows(len(CONSTANT)) for _ in range(GROUP)]
+
+
+def _grads(trainer, loss_fn, inputs):
+    trainer.model.zero_grad()
+    loss_fn(trainer.model, inputs).backward()
+    return torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+
+
+def _select(output, rows):
+    batch = output["completion_ids"].size(0)
+    sub = {
+        k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == batch else v for k, v in output.items()
+    }
+    sub.pop(KEEP_KEY)
+    sub["num_items_in_batch"] = sub["completion_mask"].sum()
+    return sub
+
+
+@pytest.fixture(scope="module")
+def mask_trainer(tiny_model_dir, tmp_path_factory):
+    trainer = _trainer(tiny_model_dir, tmp_path_factory.mktemp("ds"), "mask")
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def test_mask_excludes_exactly_the_zero_variance_groups(mask_trainer):
+    output = mask_trainer._generate_and_score_completions(_batch())
+    masked_rows = output["completion_mask"].sum(dim=1) == 0
+    expected = torch.tensor([c for c in CONSTANT for _ in range(GROUP)])
+    assert torch.equal(masked_rows, expected)
+    assert torch.equal(output[KEEP_KEY].bool(), ~expected)
+    assert output["num_items_in_batch"].item() == output["completion_mask"].sum().item()
+    metrics = mask_trainer._metrics["train"]
+    assert metrics["dynamic_sampling/zero_variance_before"][-1] == pytest.approx(0.5)
+    assert metrics["dynamic_sampling/zero_variance_after"][-1] == 0.0
+
+
+@pytest.fixture(scope="module")
+def masked_batch(mask_trainer):
+    torch.manual_seed(0)
+    return mask_trainer._generate_and_score_completions(_batch())
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo", "dapo"])
+def test_masked_loss_equals_trl_loss_on_the_informative_groups_alone(mask_trainer, masked_batch, loss_type):
+    """Gradient of the masked full batch == TRL's gradient on the informative rows only (loss and normalization).
+    For the row-mean losses, TRL alone on the masked batch would still count the dead rows: ours must differ."""
+    mask_trainer.loss_type = mask_trainer.args.loss_type = loss_type
+    trl_loss = lambda m, x: GRPOTrainer._compute_loss(mask_trainer, m, x)  # noqa: E731
+    kept_rows = masked_batch[KEEP_KEY].bool()
+    masked = _grads(mask_trainer, mask_trainer._compute_loss, masked_batch)
+    alone = _grads(mask_trainer, trl_loss, _select(masked_batch, kept_rows))
+    assert masked.abs().sum() > 0
+    torch.testing.assert_close(masked, alone, rtol=1e-4, atol=1e-7)
+    if loss_type in ("grpo", "dr_grpo"):
+        counted = _grads(mask_trainer, trl_loss, masked_batch)
+        torch.testing.assert_close(counted, masked * kept_rows.float().mean(), rtol=1e-4, atol=1e-7)
+
+
+def test_resample_replaces_zero_variance_groups_with_fresh_prompts(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, "resample", dynamic_sampling_max_tries=4)
+    trainer.model.train()
+    output = trainer._generate_and_score_completions(_batch())
+    metrics = trainer._metrics["train"]
+    assert metrics["dynamic_sampling/zero_variance_before"][-1] == pytest.approx(0.5)
+    assert metrics["dynamic_sampling/tries"][-1] >= 1
+    assert metrics["dynamic_sampling/zero_variance_after"][-1] == 0.0
+    # Every group of the batch that trains now has a non-zero advantage somewhere.
+    advantages = output["advantages"].view(-1, GROUP)
+    assert bool((advantages.abs().sum(dim=1) > 0).all())
+    assert output["num_items_in_batch"].item() == output["completion_mask"].sum().item()
+    assert output["completion_ids"].size(0) == GROUP * len(CONSTANT)
+
+
+def test_unknown_mode_is_a_config_error(tmp_path):
+    from trl_smallrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dynamic_sampling: unknown value 'maks'.*mask"):
+        configs.GRPOConfig(output_dir=str(tmp_path), dynamic_sampling="maks")
