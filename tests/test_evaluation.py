@@ -110,3 +110,51 @@ def test_duplicate_model_labels_are_refused(tmp_path):
     data, spec = parse_recipe((DataArguments, EvalArguments), ["--eval_models", "a=x", "a=y"])
     with pytest.raises(ConfigError, match="eval_models: the label 'a' is used twice"):
         evaluate(data, spec, rows=[{"prompt": [], "task": "kk", "level": 2, "answer": ""}])
+
+
+def test_scoring_uses_the_task_verifier_and_the_strict_format():
+    from trl_smallrl.evaluation import score_samples
+    from trl_smallrl.tasks import get_task
+    from trl_smallrl.tasks.knights_knaves import write_trace
+
+    (row,) = get_task("knights_knaves").generate_rows(2, 1, seed=0, split="eval")
+    right = write_trace(row)
+    texts = [right, right.replace("<think>", "", 1), "<think>guess</think>\n<answer>nobody</answer>", "\x00 ??"]
+    samples = [[{"text": t, "length": 3, "truncated": False} for t in texts]]
+    (scored,) = score_samples([row], samples)
+    assert scored["level"] == 2
+    assert scored["correct"] == [True, True, False, False]  # the answer counts, the format does not
+    assert scored["formatted"] == [True, False, True, False]
+
+
+def test_tiny_models_side_by_side(tiny_model_dir, tiny_grpo_run, tmp_path, capsys):
+    """A real eval: generated K&K rows, HF generate, verifier, files; the adapter run loads as its merge."""
+    import json
+
+    from trl_smallrl.evaluation import main
+
+    main(
+        [
+            "--levels", "2", "3",
+            "--eval_size", "2",
+            "--eval_models", f"base={tiny_model_dir}", f"same={tiny_model_dir}", f"grpo={tiny_grpo_run}",
+            "--eval_num_samples", "2",
+            "--eval_k", "1", "2",
+            "--eval_max_new_tokens", "6",
+            "--eval_generation_batch_size", "3",
+            "--eval_output_dir", str(tmp_path / "eval"),
+        ]
+    )  # fmt: skip
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [m["label"] for m in result["models"]] == ["base", "same", "grpo"]
+    base, same, _ = result["models"]
+    assert set(base["levels"]) == {"2", "3", "all"}
+    assert base["levels"]["2"]["prompts"] == 2 and base["levels"]["all"]["prompts"] == 4
+    assert len(base["levels"]["3"]["correct_counts"]) == 2
+    assert 1 <= base["levels"]["all"]["mean_length"] <= 6
+    assert base["levels"] == same["levels"]  # each model samples from the same seeded stream
+    completions = (tmp_path / "eval" / "completions" / "grpo.jsonl").read_text().splitlines()
+    assert len(completions) == 4 and len(json.loads(completions[0])["texts"]) == 2
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert table == results_table(result) and "| all | grpo | 4 |" in table
+    assert table in capsys.readouterr().out

@@ -73,13 +73,8 @@ def load_for_generation(name: str, dtype: str = "auto"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(name, field="eval_models")
-    tokenizer_source = path
-    adapter_config = Path(path) / "adapter_config.json"
-    if adapter_config.is_file() and not (Path(path) / "tokenizer_config.json").is_file():
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        tokenizer_source = resolve_model(base, field="eval_models (adapter base)")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    path = resolve_model(name, field="eval_models")  # an adapter folder resolves to its float32 merge
+    tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

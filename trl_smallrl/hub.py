@@ -24,7 +24,7 @@ import yaml
 
 from trl_smallrl.configs import _redact
 from trl_smallrl.errors import ConfigError, exit_on_config_error
-from trl_smallrl.models import EMBEDDED_MODELS, cache_root, hub_id_of, resolve_model
+from trl_smallrl.models import EMBEDDED_MODELS, cache_root, hub_id_of, merged_adapter_path
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json")
@@ -268,7 +268,7 @@ def prepare_upload(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         if merge:
-            _save_merged(run_dir, base_source, staging)
+            _copy_matching(merged_adapter_path(run_dir, field="run_dir"), staging, MODEL_PATTERNS)
         elif adapter_config:
             _copy_matching(run_dir, staging, ADAPTER_FILES)
             adapter_config["base_model_name_or_path"] = base_model  # a Hub id, not this machine's cache path
@@ -305,17 +305,6 @@ def prepare_upload(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
-
-
-def _save_merged(run_dir: Path, base_source: str, target: Path) -> None:
-    """The adapter merged into its base model (float32), saved as a plain transformers model."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(base_source), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload()
-    merged.save_pretrained(target)
 
 
 def push(
