@@ -218,6 +218,14 @@ class GRPOConfig(trl.GRPOConfig):
     collapse_action: str = field(
         default="warn", metadata={"help": "Collapse: warn | stop | rollback (to the best checkpoint, then go on)."}
     )
+    resets: str | None = field(
+        default=None,
+        metadata={
+            "help": "ProRL hard resets (trl_smallrl.resets): a YAML list (JSON on the command line) of phases, "
+            "each with a trigger (at_step or patience + metric) and overrides (temperature, top_p, "
+            "max_completion_length, learning_rate, lora_r, lora_alpha, lora_target_modules)."
+        },
+    )
 
     def __post_init__(self):
         use_cpu_without_accelerator(self)
@@ -229,6 +237,9 @@ class GRPOConfig(trl.GRPOConfig):
             raise unknown_name("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
         if self.dynamic_sampling_max_tries < 0:
             raise ConfigError(f"dynamic_sampling_max_tries: {self.dynamic_sampling_max_tries} must be >= 0.")
+        from trl_smallrl.resets import parse_reset_phases
+
+        parse_reset_phases(self.resets)  # a mistake in a phase fails at parse time, not at the reset
         super().__post_init__()
 
 

@@ -1,0 +1,213 @@
+"""Hard resets on a real TRL GRPOTrainer with a PEFT adapter on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from trl_smallrl.configs import GRPOConfig
+from trl_smallrl.errors import ConfigError
+from trl_smallrl.resets import MERGED_BASE_FILE, STATE_FILE, HardResetCallback, parse_reset_phases
+
+PROBE_IDS = torch.tensor([[1, 17, 42, 256, 1000, 7, 99, 3]])
+
+
+def length_reward(completions, **kwargs):
+    """Any reward with spread inside a group, so every step has a gradient."""
+    return [float(len(c[0]["content"])) / 10 for c in completions]
+
+
+def _dataset(n=16):
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(n)])
+
+
+def _trainer(model_dir, out, resets, max_steps=5, save_steps=100, **overrides):
+    args = GRPOConfig(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=5e-2,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        report_to="none",
+        bf16=False,
+        seed=0,
+        **overrides,
+    )
+    trainer = GRPOTrainer(
+        model=model_dir,
+        reward_funcs=length_reward,
+        args=args,
+        train_dataset=_dataset(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    callback = HardResetCallback(trainer, parse_reset_phases(resets))
+    return trainer, callback
+
+
+def _logits(trainer):
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=PROBE_IDS).logits.float().clone()
+    model.train(was_training)
+    return logits
+
+
+class Probe(TrainerCallback):
+    """Records the policy's logits at a step's end; placed before and after the reset callback."""
+
+    def __init__(self, trainer, at_step):
+        self.trainer, self.at_step, self.logits = trainer, at_step, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            self.logits = _logits(self.trainer)
+
+
+class GenerationSpy:
+    """Wraps the real `generate` to record the generation config each call used."""
+
+    def __init__(self, trainer):
+        self.trainer, self.calls = trainer, []
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        self.original = model.generate
+        model.generate = self
+
+    def __call__(self, *args, **kwargs):
+        config = kwargs["generation_config"]
+        self.calls.append((self.trainer.state.global_step, config.temperature, config.top_p, config.max_new_tokens))
+        return self.original(*args, **kwargs)
+
+
+def _lora_b(trainer):
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+
+@pytest.fixture(scope="module")
+def reset_run(tmp_path_factory, tiny_model_dir):
+    """5 steps; at step 2 a reset to rank 8 on q/k/v/o with new sampling settings; checkpoints at 3 and 5."""
+    out = tmp_path_factory.mktemp("resets")
+    phase = {"at_step": 2, "lora_r": 8, "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+             "temperature": 0.7, "top_p": 0.9, "max_completion_length": 5, "learning_rate": 1e-2}  # fmt: skip
+    trainer, callback = _trainer(tiny_model_dir, out, [phase], save_steps=3)
+    before, after = Probe(trainer, 2), Probe(trainer, 2)
+    at_checkpoint = Probe(trainer, 3)
+    for cb in (before, callback, after, at_checkpoint):
+        trainer.add_callback(cb)
+    spy = GenerationSpy(trainer)
+    adapters = {}
+
+    class AdapterSnapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            adapters[state.global_step] = _lora_b(trainer)
+
+    trainer.add_callback(AdapterSnapshot())
+    trainer.train()
+    return {
+        "trainer": trainer, "callback": callback, "before": before, "after": after, "spy": spy,
+        "adapters": adapters, "out": out, "at_checkpoint": at_checkpoint, "phase": phase,
+    }  # fmt: skip
+
+
+def test_reset_keeps_the_policy_and_starts_a_fresh_adapter(reset_run):
+    trainer, callback = reset_run["trainer"], reset_run["callback"]
+    assert callback.phase == 1 and callback.history[0]["step"] == 2
+    # The adapter had learned something, yet merging it into the base changed no logit.
+    assert any(b.abs().max() > 0 for b in reset_run["adapters"][1].values())
+    torch.testing.assert_close(reset_run["after"].logits, reset_run["before"].logits, atol=1e-5, rtol=1e-5)
+    # The new adapter has the phase's rank and targets, starts at zero and then trains.
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert model.peft_config["default"].r == 8
+    assert set(model.peft_config["default"].target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    after_reset = reset_run["adapters"][2]
+    assert any("k_proj" in n for n in after_reset) and all(b.abs().max() == 0 for b in after_reset.values())
+    assert any(b.abs().max() > 0 for b in reset_run["adapters"][5].values())
+    # A new optimizer over exactly the new adapter's parameters, at the phase's learning rate.
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert trainable == in_optimizer and len(trainable) == 2 * 4 * 2  # A and B, 4 modules, 2 layers
+    assert trainer.args.learning_rate == 1e-2
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 1e-2
+
+
+def test_phase_overrides_reach_generation(reset_run):
+    calls = reset_run["spy"].calls
+    assert calls and all(call[1:] == (1.0, 1.0, 8) for call in calls if call[0] < 2)
+    assert any(call[0] >= 2 for call in calls)
+    assert all(call[1:] == (0.7, 0.9, 5) for call in calls if call[0] >= 2)
+    completion_lengths = [e["completions/max_length"] for e in reset_run["trainer"].state.log_history[2:5]]
+    assert max(completion_lengths) <= 5
+
+
+def test_checkpoint_holds_phase_and_merged_weights(reset_run):
+    checkpoint = reset_run["out"] / "checkpoint-3"
+    assert (checkpoint / STATE_FILE).is_file() and (checkpoint / MERGED_BASE_FILE).is_file()
+    assert (reset_run["out"] / "checkpoint-5" / STATE_FILE).is_file()
+
+
+def test_resume_in_phase_two_restores_phase_two(reset_run, tiny_model_dir):
+    trainer, callback = _trainer(tiny_model_dir, reset_run["out"], [reset_run["phase"]], save_steps=3)
+    callback.restore(str(reset_run["out"] / "checkpoint-3"))
+    trainer.add_callback(callback)
+    assert callback.phase == 1
+    assert trainer.temperature == 0.7 and trainer.generation_config.max_new_tokens == 5
+    spy = GenerationSpy(trainer)
+    resumed_at = {}
+
+    class FirstStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            resumed_at.setdefault("step", state.global_step)
+            resumed_at.setdefault("logits", _logits(trainer))
+
+    trainer.add_callback(FirstStep())
+    trainer.train(resume_from_checkpoint=str(reset_run["out"] / "checkpoint-3"))
+    assert resumed_at["step"] == 3  # not step 0 (TRL issue 3635)
+    # Merged base + phase-2 adapter from the checkpoint reproduce the policy of step 3 exactly.
+    torch.testing.assert_close(resumed_at["logits"], reset_run["at_checkpoint"].logits, atol=1e-5, rtol=1e-5)
+    assert trainer.state.global_step == 5 and callback.phase == 1
+    assert all(call[1:] == (0.7, 0.9, 5) for call in spy.calls)
+    assert trainer.accelerator.unwrap_model(trainer.model).peft_config["default"].r == 8
+    # The schedule still spans the steps after the reset (3 of them), as in the uninterrupted run.
+    assert trainer.lr_scheduler.lr_lambdas[0](1) == reset_run["trainer"].lr_scheduler.lr_lambdas[0](1)
+
+
+def test_patience_trigger_fires_after_flat_evaluations(tiny_model_dir, tmp_path):
+    trainer, callback = _trainer(tiny_model_dir, tmp_path, [{"patience": 2, "metric": "eval_reward"}])
+    for value in (0.5, 0.6, 0.6):
+        callback.on_evaluate(trainer.args, trainer.state, trainer.control, metrics={"eval_reward": value})
+    assert callback.phase == 0
+    callback.on_evaluate(trainer.args, trainer.state, trainer.control, metrics={"eval_reward": 0.55})
+    assert callback.phase == 1 and "flat for 2" in callback.history[0]["trigger"]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ('[{"temperature": 1.0}]', "exactly one trigger"),
+        ('[{"at_step": 3, "lora_rank": 8}]', "unknown key 'lora_rank'"),
+        ('[{"at_step": 5}, {"at_step": 3}]', "must increase"),
+        ('[{"at_step": 0}]', "positive integer"),
+        ('[{"patience": 2, "top_p": 1.5}]', r"top_p: 1.5 must be in \(0, 1\]"),
+        ('[{"patience": 2, "mode": "up"}]', "mode"),
+        ("at_step: [", "not a YAML/JSON list"),
+    ],
+)
+def test_bad_phases_are_config_errors(value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_reset_phases(value)
+
+
+def test_recipe_list_and_command_line_json_parse_alike():
+    as_yaml = parse_reset_phases([{"at_step": 10, "temperature": 1.1, "lora_r": 16}])
+    as_json = parse_reset_phases('[{"at_step": 10, "temperature": 1.1, "lora_r": 16}]')
+    assert as_yaml == as_json and as_yaml[0].lora_r == 16
