@@ -152,3 +152,14 @@ def test_missing_repo_id_and_base_model_names():
     assert public_model_id(str(cache_root() / "models" / alias)) == embedded.hub_id
     assert public_model_id(alias) == embedded.hub_id
     assert public_model_id("org/model") == "org/model"
+
+
+def test_push_to_hub_in_a_recipe_is_taken_from_the_trainer(tmp_path):
+    from trl_smallrl.configs import GRPOConfig
+    from trl_smallrl.hub import defer_push_to_hub
+
+    args = GRPOConfig(output_dir=str(tmp_path), push_to_hub=True, hub_model_id="someone/tiny-kk")
+    assert defer_push_to_hub(args) is True and args.push_to_hub is False  # the Trainer will not contact the Hub
+    assert defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path))) is False
+    with pytest.raises(ConfigError, match="hub_model_id: push_to_hub is on but no repository is named"):
+        defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path), push_to_hub=True))

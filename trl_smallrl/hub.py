@@ -308,13 +308,21 @@ def prepare_upload(
 
 
 def push(
-    folder: str | os.PathLike, repo_id: str, *, private: bool = False, commit_message: str = "Upload from trl-smallrl"
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload from trl-smallrl",
 ) -> str:
-    """Upload a folder written by `prepare_upload` to `repo_id` (created if missing); returns the commit URL."""
+    """Upload a folder written by `prepare_upload` to `repo_id` (created if missing); returns the commit URL.
+
+    `token` defaults to huggingface_hub's own (HF_TOKEN, else the stored login); it is only handed to `HfApi`.
+    """
     from huggingface_hub import HfApi
 
     check_no_token(folder)
-    api = HfApi()
+    api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(
         folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
@@ -322,8 +330,8 @@ def push(
     return str(getattr(commit, "commit_url", commit))
 
 
-def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, **options) -> str:
-    """Build the upload of a finished run in a temporary folder and push it (for entry points: `push_to_hub`).
+def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, *, token: str | None = None, **options) -> str:
+    """Build the upload of a finished run in a temporary folder and push it (`push_to_hub: true` ends here).
 
     `repo_id` defaults to the run's `hub_model_id` (from smallrl_config.json); `options` go to `prepare_upload`,
     except `private` (default: the run's `hub_private_repo`).
@@ -337,7 +345,21 @@ def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, **options) 
     private = bool(options.pop("private", None) or config.get("hub_private_repo"))
     with tempfile.TemporaryDirectory(prefix="smallrl-push-") as tmp:
         folder = prepare_upload(run_dir, Path(tmp) / "upload", title=repo_id, **options)
-        return push(folder, repo_id, private=private)
+        return push(folder, repo_id, private=private, token=token)
+
+
+def defer_push_to_hub(training_args) -> bool:
+    """Take `push_to_hub` away from the Trainer, so that the entry point pushes the finished run with `push_run`.
+
+    The Trainer's own push contacts the Hub while the trainer is built, uploads `training_args.bin` (a pickle
+    of the arguments, `hub_token` included) and a generic card. Call this before building the trainer; it
+    returns whether to call `push_run(output_dir, token=training_args.hub_token)` after the final save.
+    """
+    wanted = bool(training_args.push_to_hub)
+    if wanted and not training_args.hub_model_id:
+        raise ConfigError("hub_model_id: push_to_hub is on but no repository is named; set hub_model_id: ORG/NAME.")
+    training_args.push_to_hub = False
+    return wanted
 
 
 @exit_on_config_error
