@@ -83,6 +83,13 @@ def _file_rows(task: Task, path: str, system_prompt: str | None = None) -> list[
     return rows_from_records(task, load_records(path), levels=None, system_prompt=system_prompt)
 
 
+def _quiet_progress_bars() -> None:
+    """The tools print one summary line; `datasets`' per-file progress bars would bury it."""
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="knights_knaves", help="Task name (kk = knights_knaves).")
     parser.add_argument("--system-prompt", default=None, help="System prompt; default: the task's own.")
@@ -103,6 +110,7 @@ def data_main(argv: Sequence[str] | None = None) -> None:
     _generation_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="Output file: .jsonl or .parquet.")
     args = parser.parse_args(argv)
+    _quiet_progress_bars()
     data_args = _data_args(args.task, parse_levels(args.levels), args.size, args.seed, args.system_prompt)
     rows = build_rows(data_args, args.split)
     write_rows(args.out, rows)
@@ -134,6 +142,7 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", default=None, help="Rows or records file instead of --levels.")
     parser.add_argument("--out", required=True, help="Output .jsonl file.")
     args = parser.parse_args(argv)
+    _quiet_progress_bars()
     if (args.levels is None) == (args.dataset is None):
         raise ConfigError("--levels/--dataset: give exactly one: generated levels (e.g. 2-6) or a dataset file.")
     task = get_task(args.task)
@@ -203,6 +212,7 @@ def score_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--completions", required=True, help='jsonl: {"index": i, "completion": "..."} a line.')
     parser.add_argument("--out", default=None, help="Optional jsonl of index, level, correct, reward.")
     args = parser.parse_args(argv)
+    _quiet_progress_bars()
     task = get_task(args.task)
     rows = _file_rows(task, args.dataset)
     results = score_completions(task, rows, read_completions(args.completions, len(rows)))
