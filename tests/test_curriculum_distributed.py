@@ -16,7 +16,13 @@ WORKER = textwrap.dedent(
 
     import torch.distributed as dist
 
-    from trl_smallrl.curriculum import Curriculum, CurriculumSampler, per_prompt, record_across_ranks
+    from trl_smallrl.curriculum import (
+        Curriculum,
+        CurriculumSampler,
+        broadcast_from_rank0,
+        per_prompt,
+        record_across_ranks,
+    )
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -35,6 +41,12 @@ WORKER = textwrap.dedent(
         log.append({"step": step, "level": curriculum.current_level, "batch": batch, "metrics": curriculum.metrics()})
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as handle:
         json.dump(log, handle)
+    # The guard: a rank whose state drifted (here rank 1's RNG) gets rank 0's state back.
+    if rank == 1:
+        curriculum.rng.random()
+    broadcast_from_rank0(curriculum)
+    with open(os.path.join(sys.argv[1], f"state{rank}.json"), "w") as handle:
+        json.dump(curriculum.state_dict(), handle)
     dist.destroy_process_group()
     """
 )
@@ -57,6 +69,7 @@ def test_two_ranks_log_the_same_level_at_every_step(tmp_path):
     assert rank0 == rank1  # same prompts drawn, same metrics, at every step
     # Rank 0 alone was always right: its window holds rank 1's results too (2 of the 4 prompts at step 1).
     assert rank0[0]["metrics"]["curriculum/accuracy_level_2"] == 0.5
+    assert (tmp_path / "state0.json").read_text() == (tmp_path / "state1.json").read_text()
     levels = [entry["level"] for entry in rank0]
     assert levels[0] == 2 and levels[-1] > 2  # the gathered accuracy (2/3 on most windows) moved the run up
     assert levels == sorted(levels)

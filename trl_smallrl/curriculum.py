@@ -245,12 +245,18 @@ def record_across_ranks(curriculum: Curriculum, levels: Sequence[int], correct: 
     all_levels = gather_across_ranks([int(level) for level in levels])
     all_correct = gather_across_ranks([float(value) for value in correct])
     advanced = curriculum.record(all_levels, all_correct, step)
-    dist = _distributed()
-    if dist is not None:
-        shared = [curriculum.state_dict() if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(shared, src=0)
-        curriculum.load_state_dict(shared[0])
+    broadcast_from_rank0(curriculum)
     return advanced
+
+
+def broadcast_from_rank0(curriculum: Curriculum) -> None:
+    """Give every rank rank 0's curriculum state (a guard after a decision taken from gathered statistics)."""
+    dist = _distributed()
+    if dist is None:
+        return
+    shared = [curriculum.state_dict() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(shared, src=0)
+    curriculum.load_state_dict(shared[0])
 
 
 class CurriculumSampler(Sampler[int]):
