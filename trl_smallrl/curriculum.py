@@ -15,6 +15,8 @@ goes into each checkpoint through `state_dict` / `load_state_dict`.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,7 +24,7 @@ from typing import Any
 
 from torch.utils.data import Sampler
 
-from trl_smallrl.errors import ConfigError
+from trl_smallrl.errors import ConfigError, unknown_name
 
 MODES = ("sequential", "mixed", "off")
 STATE_FILE = "curriculum_state.json"
@@ -31,8 +33,6 @@ STATE_FILE = "curriculum_state.json"
 def validate_curriculum_args(args) -> None:
     """One-line errors for the curriculum fields of `DataArguments`."""
     if args.curriculum not in MODES:
-        from trl_smallrl.errors import unknown_name
-
         raise unknown_name("curriculum", args.curriculum, MODES)
     if not 0.0 <= args.curriculum_threshold <= 1.0:
         raise ConfigError(f"curriculum_threshold: {args.curriculum_threshold} is not an accuracy; use 0.0 to 1.0.")
@@ -62,8 +62,6 @@ class Curriculum:
         if len(set(levels)) != len(levels):
             raise ConfigError(f"levels: {list(levels)} repeats a level; list each level once, easiest first.")
         if mode not in MODES:
-            from trl_smallrl.errors import unknown_name
-
             raise unknown_name("curriculum", mode, MODES)
         self.levels = [int(level) for level in levels]
         self.mode, self.threshold, self.window = mode, float(threshold), int(window)
@@ -190,9 +188,6 @@ class Curriculum:
 
     def save(self, folder) -> str:
         """Write the state into a checkpoint folder atomically; returns the file path."""
-        import json
-        import os
-
         path = os.path.join(folder, STATE_FILE)
         tmp = path + ".tmp"
         with open(tmp, "w") as handle:
@@ -202,9 +197,6 @@ class Curriculum:
 
     def load(self, folder) -> bool:
         """Restore the state saved in a checkpoint folder; False when the folder has none."""
-        import json
-        import os
-
         path = os.path.join(folder, STATE_FILE)
         if not os.path.isfile(path):
             return False

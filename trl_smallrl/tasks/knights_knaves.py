@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from trl_smallrl.errors import ConfigError
 from trl_smallrl.tasks.base import Task, as_text, check_size, generation_seed, last_tagged_answer
 
 # A statement is a nested tuple: ('telling-truth', i), ('lying', i), ('not', s), ('and', s, ...),
@@ -416,8 +417,6 @@ class KnightsKnavesTask(Task):
     ) -> list[dict[str, Any]]:
         import reasoning_gym
 
-        from trl_smallrl.errors import ConfigError
-
         if level not in LEVELS:
             raise ConfigError(f"levels: {level} people is not supported; use levels from 2 to 8.")
         check_size(size)
@@ -429,8 +428,6 @@ class KnightsKnavesTask(Task):
         return [self.row_from_record(to_kk_record(item), system_prompt) for item in dataset]
 
     def row_from_record(self, record: Mapping[str, Any], system_prompt: str | None = None) -> dict[str, Any]:
-        from trl_smallrl.errors import ConfigError
-
         missing = [c for c in ("quiz", "names", "solution", "statements") if c not in record]
         if missing:
             raise ConfigError(
