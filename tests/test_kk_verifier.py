@@ -56,6 +56,7 @@ WRONG = [
     "Emma is a knight and a knave, Noah is a knave, and Liam is a knight",  # two roles at once
     "Emma is a knight, Noah is a knave, Liam is a knight, and Zed is a knave.",  # a stranger
     "Emma is a knight, Noah is a knave, Liam is a knight, Bob is a knight.",  # a stranger
+    "Emma: knight; Zed: knave; Noah: knave; Liam: knight",  # a stranger's role lands on Emma: two roles
     "Emma is a saint, Noah is a sinner, and Liam is a saint.",  # words of another puzzle
     "Emma is a knight, Noah is not a knave, Liam is a knight",  # negation flips the role
     "",  # empty answer
@@ -103,6 +104,13 @@ MALFORMED = [
 @pytest.mark.parametrize("completion", MALFORMED)
 def test_malformed_completions_score_zero(completion):
     assert get_task("kk").score(completion, ROW) == 0.0
+
+
+def test_articles_follow_the_puzzles_words():
+    roles = Roles("angel", "devil")
+    assert (roles.a(True), roles.a(False)) == ("an angel", "a devil")
+    angel_row = {**SAINT_ROW, "quiz": "A very special island is inhabited only by angels and devils."}
+    assert get_task("kk").score("<answer>Zoey is a devil, and Oliver is an angel.</answer>", angel_row) == 1.0
 
 
 def test_the_last_and_innermost_answer_counts():
