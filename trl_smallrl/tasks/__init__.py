@@ -122,7 +122,10 @@ def build_rows(data_args, split: str) -> list[dict[str, Any]]:
     records = load_records(data_args.dataset_name, data_args.dataset_config, data_args.dataset_train_split)
     rows = rows_from_records(task, records, levels, data_args.system_prompt)
     if not rows:
-        raise ConfigError(f"dataset_name: {data_args.dataset_name!r} has no rows at levels {levels}.")
+        raise ConfigError(
+            f"dataset_name: {data_args.dataset_name!r} has no rows at levels {levels}; set `levels` to levels "
+            "the file has (rows without a level, e.g. gsm8k or math files, are level 0)."
+        )
     return rows if eval_source else _split_file_rows(rows, data_args.eval_size, split)
 
 
