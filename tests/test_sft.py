@@ -14,16 +14,18 @@ SYSTEM = "Answer in <think>...</think> then <answer>...</answer>."
 
 
 def _write_traces(path, n=8):
+    """Conversations in the format `smallrl-traces` writes."""
     with open(path, "w") as f:
         for i in range(n):
-            row = {
-                "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Who is {i}?"}],
-                "completion": f"<think>{i} is a knight.</think>\n<answer>(1) {i} is a knight</answer>",
-                "task": "knights_knaves",
-                "level": 2,
-                "answer": f"{i} is a knight",
-            }
-            f.write(json.dumps(row) + "\n")
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Who is {i}?"},
+                {
+                    "role": "assistant",
+                    "content": f"<think>{i} is a knight.</think>\n<answer>(1) {i} is a knight</answer>",
+                },
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
     return path
 
 
@@ -97,7 +99,7 @@ def test_adapter_output_resolves_to_float32_merged_model(lora_run, tiny_model_di
     assert not torch.allclose(merged(ids).logits, base_logits)  # the adapter really is in the weights
 
 
-def test_traces_file_without_completion_column_is_a_config_error(tmp_path, tiny_model_dir):
+def test_traces_file_without_assistant_turns_is_a_config_error(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}], "answer": "x"}) + "\n")
     with pytest.raises(ConfigError, match="traces_file"):

@@ -250,7 +250,7 @@ class SFTScriptArguments(DataArguments):
     traces_file: str | None = field(
         default=None,
         metadata={
-            "help": "jsonl of traces (columns prompt, completion) written by `smallrl-traces`; "
+            "help": "jsonl of conversations ({\"messages\": [system, user, assistant]}) from `smallrl-traces`; "
             "default: generate rows from the task and write their traces with the task's trace writer."
         },
     )

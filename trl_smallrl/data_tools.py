@@ -3,7 +3,8 @@
 - `smallrl-data --task kk --levels 2-6 --size N --seed S --out PATH` writes rows of the shared schema
   (jsonl or parquet by extension); the file loads back with `dataset_name: PATH`.
 - `smallrl-traces --task kk (--levels 2-6 --size N | --dataset PATH) --out PATH.jsonl` writes one SFT
-  conversation a puzzle (`messages`: system, user, assistant trace), in input order.
+  conversation a puzzle (`messages`: system, user, assistant trace), in input order; with `--teacher MODEL`
+  (any task) the traces are a local model's completions that the verifier accepts (`trl_smallrl.teacher`).
 - `smallrl-score --task kk --dataset PATH --completions PATH.jsonl [--out PATH]` scores generations made
   elsewhere (`{"index": i, "completion": "..."}` a line) with the same verifier the rewards use.
 """
@@ -141,6 +142,11 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
     _generation_arguments(parser, required=False)
     parser.add_argument("--dataset", default=None, help="Rows or records file instead of --levels.")
     parser.add_argument("--out", required=True, help="Output .jsonl file.")
+    parser.add_argument("--teacher", default=None, help="Local teacher model: rejection-sampled traces (any task).")
+    parser.add_argument("--samples", type=int, default=8, help="--teacher: completions sampled a prompt (k).")
+    parser.add_argument("--keep-per-prompt", type=int, default=1, help="--teacher: verified traces kept a prompt.")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="--teacher: completion tokens at most.")
+    parser.add_argument("--temperature", type=float, default=0.8, help="--teacher: sampling temperature.")
     args = parser.parse_args(argv)
     _quiet_progress_bars()
     if (args.levels is None) == (args.dataset is None):
@@ -151,6 +157,15 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
     else:
         data_args = _data_args(args.task, parse_levels(args.levels), args.size, args.seed, args.system_prompt)
         rows = build_rows(data_args, args.split)
+    if args.teacher is not None:
+        from trl_smallrl.teacher import SamplingSettings, teacher_traces
+
+        settings = SamplingSettings(args.samples, args.max_new_tokens, args.temperature, seed=args.seed)
+        kept, stats = teacher_traces(args.teacher, task, rows, settings, args.keep_per_prompt)
+        write_jsonl(args.out, kept)
+        print(f"wrote {len(kept)} verified conversations ({len(rows)} prompts x {args.samples} samples) to {args.out}")
+        print(" ".join(f"{key}={value:.3f}" for key, value in stats.items()))
+        return
     traces = solver_traces(task, rows)
     write_jsonl(args.out, conversations(rows, traces))
     print(f"wrote {len(rows)} conversations to {args.out}")

@@ -28,37 +28,31 @@ logger = logging.getLogger(__name__)
 
 
 def trace_writer(task_name: str) -> Callable[[Mapping[str, Any]], str] | None:
-    """The offline trace writer of a task, or None when the task has none (use a traces file then)."""
+    """The offline trace writer of a task (its solver), or None when it has none (use a traces file then)."""
+    from trl_smallrl.data_tools import SOLVER_TRACES
     from trl_smallrl.tasks import get_task
 
-    if get_task(task_name).name == "knights_knaves":
-        from trl_smallrl.tasks.knights_knaves import write_trace
-
-        return write_trace
-    return None
+    return SOLVER_TRACES.get(get_task(task_name).name)
 
 
 def to_prompt_completion(rows, write_trace: Callable[[Mapping[str, Any]], str] | None = None):
-    """Rows of the task schema -> TRL's conversational prompt/completion format (only those two columns).
+    """Rows -> TRL's conversational prompt/completion format (only those two columns), so TRL masks the prompt.
 
-    A row's completion is its `completion` column (a traces file: text or assistant messages) or, when absent,
-    what `write_trace(row)` writes.
+    A row is a conversation of `smallrl-traces` (`messages`: system, user, assistant), or a task row whose
+    trace `write_trace(row)` writes.
     """
 
     def convert(row):
-        completion = row.get("completion")
-        if completion is None:
-            completion = write_trace(row)
-        if isinstance(completion, str):
-            completion = [{"role": "assistant", "content": completion}]
-        return {"prompt": row["prompt"], "completion": completion}
+        if "messages" in row:
+            return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
+        return {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": write_trace(row)}]}
 
-    if "completion" not in rows.column_names and write_trace is None:
+    if "messages" not in rows.column_names and write_trace is None:
         raise ConfigError(
             "traces_file: the task has no offline trace writer and no traces file was given; "
-            "write one with `smallrl-traces --teacher MODEL --task NAME` and set traces_file."
+            "write one with `smallrl-traces --teacher MODEL --task NAME --out traces.jsonl` and set traces_file."
         )
-    return rows.map(convert, remove_columns=[c for c in rows.column_names if c not in ("prompt", "completion")])
+    return rows.map(convert, remove_columns=rows.column_names)
 
 
 def load_traces(script_args: SFTScriptArguments, split: str):
@@ -73,11 +67,11 @@ def load_traces(script_args: SFTScriptArguments, split: str):
                 f"traces_file: cannot read {script_args.traces_file!r} ({err}); "
                 "give a jsonl written by `smallrl-traces`."
             ) from err
-        missing = {"prompt", "completion"} - set(rows.column_names)
-        if missing:
+        messages = rows[0]["messages"] if "messages" in rows.column_names and len(rows) else None
+        if not messages or messages[-1].get("role") != "assistant":
             raise ConfigError(
-                f"traces_file: {script_args.traces_file!r} lacks the column(s) {sorted(missing)}; "
-                "give a jsonl written by `smallrl-traces`."
+                f"traces_file: {script_args.traces_file!r} is not a file of conversations ending in the "
+                'assistant\'s trace ({"messages": [...]} a line); write it with `smallrl-traces`.'
             )
         return to_prompt_completion(rows)
     from trl_smallrl.tasks import build_dataset

@@ -1,0 +1,58 @@
+"""Teacher traces: real sampling from the tiny model, and rejection sampling with the real K&K verifier."""
+
+from __future__ import annotations
+
+import json
+
+from trl_smallrl.data_tools import traces_main
+from trl_smallrl.tasks import get_task
+from trl_smallrl.tasks.knights_knaves import write_trace
+from trl_smallrl.teacher import SamplingSettings, keep_verified, sample_completions
+
+SETTINGS = SamplingSettings(num_samples=3, max_new_tokens=12, temperature=1.0, batch_size=2, seed=0)
+
+
+def _rows(n=3):
+    return get_task("kk").generate_rows(level=2, size=n, seed=0)
+
+
+def test_teacher_samples_k_completions_per_prompt(tiny_model_dir):
+    rows = _rows()
+    completions = sample_completions(tiny_model_dir, [row["prompt"] for row in rows], SETTINGS)
+    assert len(completions) == len(rows) and all(len(samples) == 3 for samples in completions)
+    assert all(isinstance(text, str) for samples in completions for text in samples)
+    # Sampled, not greedy: a random model's three samples of one prompt are not all the same.
+    assert any(len(set(samples)) > 1 for samples in completions)
+    # Completions only: the prompt text is not echoed back.
+    assert not any(rows[0]["prompt"][-1]["content"][:40] in text for text in completions[0])
+
+
+def test_rejection_sampling_keeps_only_verified_traces(tiny_model_dir):
+    task, rows = get_task("kk"), _rows()
+    generated = sample_completions(tiny_model_dir, [row["prompt"] for row in rows], SETTINGS)
+    # Real generated completions (all wrong: a random model) mixed with the solver's correct trace for rows 0
+    # and 2 (twice for row 0, to check duplicates are kept once); row 1 gets row 0's well-formed trace: wrong.
+    correct = [write_trace(row) for row in rows]
+    wrong = correct[0]
+    assert task.score(wrong, {k: v for k, v in rows[1].items() if k != "prompt"}) < 1.0
+    candidates = [
+        [*generated[0], correct[0], correct[0]],
+        [*generated[1], wrong],
+        [*generated[2], correct[2]],
+    ]
+    kept, correct_counts = keep_verified(task, rows, candidates, keep_per_prompt=2)
+    assert correct_counts == [2, 0, 1]
+    assert [conv["messages"][-1]["content"] for conv in kept] == [correct[0], correct[2]]
+    assert kept[0]["messages"][:-1] == rows[0]["prompt"] and kept[0]["messages"][-1]["role"] == "assistant"
+
+
+def test_smallrl_traces_teacher_cli_writes_verified_jsonl(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "teacher.jsonl"
+    traces_main(
+        ["--teacher", tiny_model_dir, "--task", "kk", "--levels", "2", "--size", "2", "--samples", "2",
+         "--max-new-tokens", "8", "--out", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "verified conversations (2 prompts x 2 samples)" in printed
+    assert "sample_accuracy_level_2=0.000" in printed  # a random model solves nothing, and nothing is kept
+    assert out.is_file() and [json.loads(line) for line in out.read_text().splitlines()] == []
