@@ -103,8 +103,11 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], args: EvalArgument
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(eos_ids),
     )
+    from tqdm.auto import tqdm
+
     results = []
-    for start in range(0, len(prompts), args.eval_generation_batch_size):
+    starts = range(0, len(prompts), args.eval_generation_batch_size)
+    for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 2):
         batch = prompts[start : start + args.eval_generation_batch_size]
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

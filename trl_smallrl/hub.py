@@ -257,7 +257,8 @@ def prepare_upload(
     base_model = base_model or public_model_id(base_source)
     if not _is_hub_id(base_model):
         print(
-            f"warning: base model {base_model!r} is not a Hub id; readers cannot load it. Pass --base-model ORG/NAME."
+            f"warning: base model {base_model!r} is not a Hub id, so readers cannot load the adapter; pass "
+            "--base-model ORG/NAME (its copy on the Hub) or push the merged model with --merge."
         )
     try:
         log_history = load_log_history(run_dir)
