@@ -211,3 +211,68 @@ def test_recipe_list_and_command_line_json_parse_alike():
     as_yaml = parse_reset_phases([{"at_step": 10, "temperature": 1.1, "lora_r": 16}])
     as_json = parse_reset_phases('[{"at_step": 10, "temperature": 1.1, "lora_r": 16}]')
     assert as_yaml == as_json and as_yaml[0].lora_r == 16
+
+
+DDP_WORKER = """
+import hashlib, json, os, sys
+
+import torch.distributed as dist
+
+from trl_smallrl.grpo import train
+
+out, model = sys.argv[1], sys.argv[2]
+argv = ["--model_name_or_path", model, "--output_dir", out, "--task", "kk", "--levels", "2", "--train_size", "8",
+        "--curriculum", "off", "--reward_funcs", "format", "--entropy_coef", "0.5",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--num_generations", "4",
+        "--max_completion_length", "8", "--learning_rate", "5e-2", "--bf16", "false", "--report_to", "none",
+        "--save_strategy", "no", "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
+        "--resets", '[{"at_step": 1, "lora_r": 8, "lora_target_modules": ["q_proj", "k_proj"], "temperature": 0.5}]']
+trainer = train(argv)
+model = trainer.accelerator.unwrap_model(trainer.model)
+params = {n: p.detach() for n, p in model.named_parameters()}
+digest = hashlib.sha256(b"".join(params[n].numpy().tobytes() for n in sorted(params))).hexdigest()
+lora_b = [float(p.abs().max()) for n, p in params.items() if "lora_B" in n]
+resets = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "HardResetCallback"][0]
+with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as handle:
+    json.dump({"digest": digest, "phase": resets.phase, "r": model.peft_config["default"].r,
+               "lora_b_max": max(lora_b), "temperature": trainer.generation_config.temperature,
+               "step": trainer.state.global_step}, handle)
+"""
+
+
+@pytest.mark.slow
+def test_reset_under_ddp_keeps_ranks_identical(tmp_path, tiny_model_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(worker), str(tmp_path / "out"), tiny_model_dir], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1  # same phase, same adapter, bit-identical weights after the reset and two more steps
+    assert rank0["phase"] == 1 and rank0["r"] == 8 and rank0["temperature"] == 0.5 and rank0["step"] == 3
+    # The new adapter trained (a random model gets no reward spread: the entropy bonus gives the gradient), its
+    # gradients reduced across both ranks by the new DDP wrapper: different local batches, identical weights.
+    assert rank0["lora_b_max"] > 0
+    # The final adapter sits on merged weights: both are in the output folder, which resolves to one model.
+    assert (tmp_path / "out" / MERGED_BASE_FILE).is_file()
+
+
+def test_output_folder_after_resets_resolves_to_the_trained_policy(reset_run):
+    from transformers import AutoModelForCausalLM
+
+    from trl_smallrl.models import resolve_model
+
+    trainer, out = reset_run["trainer"], reset_run["out"]
+    trainer.save_model(str(out))  # the adapter of the last phase; on_train_end left the merged base beside it
+    assert (out / MERGED_BASE_FILE).is_file()
+    merged = AutoModelForCausalLM.from_pretrained(resolve_model(str(out))).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=PROBE_IDS).logits, _logits(trainer), atol=1e-5, rtol=1e-5)

@@ -143,7 +143,7 @@ class SmallRLGRPOTrainer(GRPOTrainer):
             column = int(bad.any(dim=0).nonzero()[0])
             value = rewards_per_func[bad[:, column], column][0].item()
             raise NonFiniteError(
-                f"step {self.state.global_step}: reward {self.reward_func_names[column]!r} returned {value}; "
+                f"step {self.state.global_step + 1}: reward {self.reward_func_names[column]!r} returned {value}; "
                 f"stopping before the update. The last good checkpoint is in {self.args.output_dir}."
             )
         self._last_rewards = rewards_per_func
@@ -270,7 +270,9 @@ class SmallRLGRPOTrainer(GRPOTrainer):
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        # `model` is the training loop's reference to `model_wrapped`; a hard reset (resets.py) re-wraps the model
+        # under DDP for its new adapter, so take the current wrapper (the same object when there was no reset).
+        loss = super().training_step(self.model_wrapped, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise NonFiniteError(
                 f"step {self.state.global_step + 1}: the loss is {loss.item()}; stopping before the optimizer step. "
@@ -329,6 +331,12 @@ def build_trainer(script_args, training_args, model_args) -> SmallRLGRPOTrainer:
             action=training_args.collapse_action,
         )
     )
+    if training_args.resets:
+        from trl_smallrl.resets import HardResetCallback, parse_reset_phases
+
+        resets = HardResetCallback(trainer, parse_reset_phases(training_args.resets))
+        resets.restore(resume_checkpoint(training_args))  # the phase's adapter shape, before train() loads it
+        trainer.add_callback(resets)
     return trainer
 
 

@@ -155,7 +155,11 @@ MERGED_SUBDIR = "merged-float32"
 
 def _adapter_fingerprint(adapter_dir: Path) -> str:
     """Size and modification time of the adapter files: a re-trained adapter invalidates its merged copy."""
-    files = sorted(p for p in adapter_dir.iterdir() if p.is_file() and p.name.startswith("adapter_"))
+    from trl_smallrl.resets import MERGED_BASE_FILE
+
+    files = sorted(
+        p for p in adapter_dir.iterdir() if p.is_file() and p.name.startswith(("adapter_", MERGED_BASE_FILE))
+    )
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
@@ -210,7 +214,18 @@ def _merge_adapter(adapter_dir: Path, base_path: str, out_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trl_smallrl.resets import MERGED_BASE_FILE
+
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    if (adapter_dir / MERGED_BASE_FILE).is_file():  # a run with hard resets: its adapter sits on merged weights
+        from safetensors.torch import load_file
+
+        result = base.load_state_dict(load_file(adapter_dir / MERGED_BASE_FILE), strict=False)
+        if result.unexpected_keys:
+            raise ConfigError(
+                f"model_name_or_path: {adapter_dir / MERGED_BASE_FILE} does not fit the base model {base_path!r} "
+                f"(e.g. {result.unexpected_keys[0]!r}); check base_model_name_or_path in adapter_config.json."
+            )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
