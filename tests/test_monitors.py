@@ -48,6 +48,14 @@ def test_health_metrics_from_a_gathered_table():
     assert metrics["health/accuracy_level_2"] == pytest.approx(0.5)
     assert metrics["health/accuracy_level_3"] == pytest.approx(0.5)
 
+    unknown = torch.tensor([[-1, float("nan"), 5, 0, 1, 1]])  # no task verifier, no level
+    assert set(health_metrics(unknown)) == {
+        "health/think_length_mean",
+        "health/think_length_min",
+        "health/answer_without_reasoning",
+        "health/truncation_rate",
+    }
+
 
 def _feed(monitor, values):
     state, control = TrainerState(), TrainerControl()

@@ -49,21 +49,24 @@ def completion_health(text: str, tokenizer) -> tuple[int, bool, bool]:
 
 def health_metrics(table: torch.Tensor) -> dict[str, float]:
     """Reasoning-health metrics of one generation batch, from the gathered table (rows = completions,
-    columns = `HEALTH_COLUMNS`): think length mean/min, answer-without-reasoning rate, format-right-but-wrong
-    rate, truncation rate, accuracy overall and per level."""
+    columns = `HEALTH_COLUMNS`): think length mean/min, answer-without-reasoning rate, truncation rate and,
+    where the rows have a task verifier (correct is not NaN), format-right-but-wrong rate and accuracy overall
+    and per level (level -1: the row has none)."""
     if table.numel() == 0:
         return {}
     columns = dict(zip(HEALTH_COLUMNS, table.float().unbind(dim=1)))
-    correct = columns["correct"] >= 1.0
     metrics = {
         "health/think_length_mean": columns["think_tokens"].mean().item(),
         "health/think_length_min": columns["think_tokens"].min().item(),
         "health/answer_without_reasoning": columns["answer_without_reasoning"].mean().item(),
-        "health/format_right_but_wrong": ((columns["format_ok"] > 0) & ~correct).float().mean().item(),
         "health/truncation_rate": columns["truncated"].mean().item(),
-        "health/accuracy": correct.float().mean().item(),
     }
-    for level in sorted({int(v) for v in columns["level"].tolist()}):
+    if torch.isnan(columns["correct"]).any():  # rows without a task verifier: correctness unknown
+        return metrics
+    correct = columns["correct"] >= 1.0
+    metrics["health/format_right_but_wrong"] = ((columns["format_ok"] > 0) & ~correct).float().mean().item()
+    metrics["health/accuracy"] = correct.float().mean().item()
+    for level in sorted({int(v) for v in columns["level"].tolist()} - {-1}):  # -1: the row has no level
         at_level = columns["level"] == level
         metrics[f"health/accuracy_level_{level}"] = correct[at_level].float().mean().item()
     return metrics
