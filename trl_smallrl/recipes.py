@@ -1,0 +1,237 @@
+"""`make check-recipes`: every recipe parses, its model builds, and its batch arithmetic holds, offline.
+
+A recipe that fails after an hour of model download and generation on four GPUs costs its user an afternoon.
+This check catches the mistakes that need no GPU to see: keys no config knows, a model whose architecture
+does not build, a generation batch that does not split into whole groups of `num_generations` across the
+processes the recipe is meant for, and static memory beyond the GPU it names.
+
+Each recipe states its hardware in header comments, which this check reads:
+
+    # hardware: 4 x RTX 3090 (24 GB)       where it runs
+    # num_processes: 4                      accelerate processes (GPUs), for the batch arithmetic
+    # gpu_memory_gb: 24                     memory of one GPU, for the static memory estimate
+    # memory_per_gpu: about 18 GB           measured or expected peak, for the reader
+    # wall_time: about 6 h for 500 steps    expected wall time
+    # base_model: Qwen/Qwen2-0.5B           only when model_name_or_path is a run folder made earlier
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from trl_smallrl.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+REQUIRED_HEADERS = ("hardware", "num_processes", "memory_per_gpu", "wall_time")
+_HEADER = re.compile(r"^#\s*([a-z_]+):\s*(.+?)\s*$")
+
+
+def recipe_types(method: str) -> tuple:
+    """The dataclasses an entry point parses its recipe into, by the `<method>` folder of the recipe."""
+    from trl import ModelConfig
+
+    from trl_smallrl import configs
+
+    types = {
+        "grpo": (configs.GRPOScriptArguments, configs.GRPOConfig, ModelConfig),
+        "sft": (configs.SFTScriptArguments, configs.SFTConfig, ModelConfig),
+        "eval": (configs.DataArguments, configs.EvalArguments),
+    }
+    if method not in types:
+        from trl_smallrl.errors import unknown_name
+
+        raise unknown_name("recipe folder (recipes/<model>/<method>/)", method, types)
+    return types[method]
+
+
+def read_headers(path: Path) -> dict[str, str]:
+    """The `# key: value` comment lines at the top of a recipe."""
+    headers = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            if line.strip():
+                break
+            continue
+        match = _HEADER.match(line)
+        if match:
+            headers[match.group(1)] = match.group(2)
+    return headers
+
+
+@dataclass
+class RecipeReport:
+    path: Path
+    method: str
+    model: str
+    parameters: int | None
+    trainable: int | None
+    static_gb: float | None
+    num_processes: int
+    generation_batch: int | None
+
+    def line(self) -> str:
+        parts = [f"ok  {self.path}", f"{self.method}", f"model {self.model}"]
+        if self.parameters:
+            parts.append(f"{self.parameters / 1e6:.0f}M params ({self.trainable / 1e6:.1f}M trained)")
+        if self.static_gb is not None:
+            parts.append(f"static {self.static_gb:.1f} GB/GPU")
+        if self.generation_batch:
+            parts.append(f"{self.generation_batch} completions/generation over {self.num_processes} process(es)")
+        return ", ".join(parts)
+
+
+def check_generation_batch(recipe: dict, num_processes: int, where: str) -> int:
+    """Completions per generation round on `num_processes`, checked as TRL will check it on that many."""
+    per_device = int(recipe.get("per_device_train_batch_size", 8))
+    groups = int(recipe.get("num_generations", 8))
+    if recipe.get("generation_batch_size") is not None:
+        batch = int(recipe["generation_batch_size"])
+        if batch % (per_device * num_processes):
+            raise ConfigError(
+                f"{where}: generation_batch_size ({batch}) is not divisible by per_device_train_batch_size "
+                f"({per_device}) x num_processes ({num_processes}); use a multiple of {per_device * num_processes}."
+            )
+    else:
+        steps = int(recipe.get("steps_per_generation") or recipe.get("gradient_accumulation_steps", 1))
+        batch = per_device * num_processes * steps
+    if batch % groups:
+        raise ConfigError(
+            f"{where}: the generation batch ({batch} = per_device_train_batch_size x num_processes x "
+            f"steps_per_generation) is not divisible by num_generations ({groups}); make "
+            f"per_device_train_batch_size x {num_processes} x steps a multiple of {groups}."
+        )
+    if recipe.get("eval_strategy", "no") != "no":
+        eval_groups = int(recipe.get("num_generations_eval") or groups)
+        eval_batch = int(recipe.get("per_device_eval_batch_size", 8)) * num_processes
+        if eval_batch % eval_groups:
+            raise ConfigError(
+                f"{where}: per_device_eval_batch_size x num_processes ({eval_batch}) is not divisible by "
+                f"num_generations ({eval_groups}); make it a multiple of {eval_groups}."
+            )
+    return batch
+
+
+def static_memory_gb(parameters: int, trainable: int, recipe: dict) -> float:
+    """Weights, gradients and AdamW states per GPU, before activations and generation caches.
+
+    Frozen weights in the recipe's dtype (bf16 unless float32), trainable ones in float32 with gradient and two
+    Adam moments (16 bytes), a reference copy when beta > 0 and LoRA is off. ZeRO sharding is ignored: the
+    figure is an upper bound for DDP, which is what a single-GPU user sees.
+    """
+    weight_bytes = 4 if recipe.get("dtype") == "float32" else 2
+    total = parameters * weight_bytes + trainable * 16
+    if float(recipe.get("beta", 0.0)) > 0 and not recipe.get("use_peft"):
+        total += parameters * weight_bytes
+    return total / 1024**3
+
+
+def trainable_parameters(config, recipe: dict) -> tuple[int, int]:
+    """(all parameters, trained parameters) of the recipe's model, built on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    if not recipe.get("use_peft"):
+        return total, total
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=int(recipe.get("lora_r", 16)),
+        lora_alpha=int(recipe.get("lora_alpha", 32)),
+        target_modules=recipe.get("lora_target_modules") or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    with torch.device("meta"):
+        peft_model = get_peft_model(model, lora)
+    return total, sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def check_recipe(path: Path) -> RecipeReport:
+    """Parse one recipe as its entry point would, build its model on meta, check batches and memory."""
+    from transformers import AutoConfig
+
+    from trl_smallrl.architectures import architecture_config
+    from trl_smallrl.configs import parse_recipe
+    from trl_smallrl.models import EMBEDDED_MODELS, hub_id_of
+    from trl_smallrl.rewards import get_reward_funcs
+    from trl_smallrl.tasks import get_task
+
+    method = path.parent.name
+    where = str(path)
+    batch = None
+    headers = read_headers(path)
+    missing = [key for key in REQUIRED_HEADERS if key not in headers]
+    if missing:
+        raise ConfigError(
+            f"{where}: missing header comment(s) {', '.join(f'# {k}:' for k in missing)}; see recipes.py."
+        )
+    try:
+        num_processes = int(headers["num_processes"])
+    except ValueError as err:
+        raise ConfigError(f"{where}: '# num_processes: {headers['num_processes']}' must be an integer.") from err
+    recipe = yaml.safe_load(path.read_text()) or {}
+    overrides = []
+    if method == "grpo":
+        batch = check_generation_batch(recipe, num_processes, where)
+        # TRL checks batches against the processes it runs on (one, here): scale the per-device batch so that
+        # its own check sees the generation batch of `num_processes` processes.
+        for key, default in (("per_device_train_batch_size", 8), ("per_device_eval_batch_size", 8)):
+            overrides += [f"--{key}", str(int(recipe.get(key, default)) * num_processes)]
+    parsed = parse_recipe(recipe_types(method), ["--config", str(path), *overrides])
+    get_task(parsed[0].task)
+    if method == "grpo":
+        get_reward_funcs(parsed[0].reward_funcs, **vars(parsed[0]))
+
+    model = recipe.get("model_name_or_path") or (recipe.get("eval_models") or [None])[0]
+    if model is None:
+        raise ConfigError(f"{where}: no model_name_or_path (or eval_models) to check.")
+    architecture = headers.get("base_model") or hub_id_of(model)
+    if architecture.lower() not in EMBEDDED_MODELS and Path(architecture).is_dir():
+        config = AutoConfig.from_pretrained(architecture)  # a run folder that exists here
+    elif "/" in architecture and not architecture.startswith(("outputs", ".", "/")):
+        config = architecture_config(architecture)
+    else:
+        raise ConfigError(f"{where}: {model!r} is a run folder; add '# base_model: <hub id>' to the header.")
+    parameters = trainable = static = None
+    if method in ("grpo", "sft"):
+        parameters, trainable = trainable_parameters(config, recipe)
+        static = static_memory_gb(parameters, trainable, recipe)
+        gpu_memory = headers.get("gpu_memory_gb")
+        if gpu_memory and static > float(gpu_memory):
+            raise ConfigError(
+                f"{where}: weights, gradients and optimizer states need about {static:.1f} GB per GPU, more than "
+                f"the {gpu_memory} GB GPU it names; use LoRA (use_peft: true), ZeRO-3, or a bigger GPU."
+            )
+    return RecipeReport(path, method, architecture, parameters, trainable, static, num_processes, batch)
+
+
+def all_recipes(root: Path = RECIPES_DIR) -> list[Path]:
+    return sorted(root.glob("*/*/*.yaml"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the given recipes (default: all under recipes/); print one line each, exit 1 on any failure."""
+    parser = argparse.ArgumentParser(prog="python -m trl_smallrl.recipes", description=main.__doc__)
+    parser.add_argument("paths", nargs="*", type=Path)
+    paths = parser.parse_args(argv).paths or all_recipes()
+    failures = 0
+    for path in paths:
+        try:
+            print(check_recipe(path).line())
+        except ConfigError as err:
+            failures += 1
+            print(f"FAIL {err}")
+    print(f"{len(paths) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
