@@ -104,3 +104,13 @@ def test_traces_file_without_assistant_turns_is_a_config_error(tmp_path, tiny_mo
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}], "answer": "x"}) + "\n")
     with pytest.raises(ConfigError, match="traces_file"):
         sft.train(_argv(tiny_model_dir, bad, tmp_path / "out"))
+
+
+def test_full_fine_tuning_writes_a_full_model(tmp_path, tiny_model_dir):
+    traces = _write_traces(tmp_path / "traces.jsonl", n=4)
+    argv = _argv(tiny_model_dir, traces, tmp_path / "out")
+    argv[argv.index("--max_steps") + 1] = "2"
+    trainer = sft.train(argv)
+    assert not hasattr(trainer.model, "peft_config")
+    assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
+    assert resolve_model(str(tmp_path / "out")) == str((tmp_path / "out").resolve())
