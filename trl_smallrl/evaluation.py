@@ -98,6 +98,7 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], args: EvalArgument
         do_sample=args.eval_temperature > 0,
         temperature=args.eval_temperature if args.eval_temperature > 0 else None,
         top_p=args.eval_top_p if args.eval_temperature > 0 else None,
+        top_k=0,  # no top-k cut (transformers' default is 50): sample as TRL's GRPO generation does
         max_new_tokens=args.eval_max_new_tokens,
         num_return_sequences=args.eval_num_samples,
         pad_token_id=tokenizer.pad_token_id,
