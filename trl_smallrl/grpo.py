@@ -38,7 +38,7 @@ from trl_smallrl.monitors import (
 )
 from trl_smallrl.rewards import completion_text, get_reward_funcs, score_rows
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trl_smallrl.grpo")  # not __name__: it is "__main__" under `python -m`
 
 # Loss types that average over sequences (rows) rather than over tokens: a masked row must leave their mean.
 ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
@@ -366,9 +366,20 @@ def train(argv: list[str] | None = None) -> SmallRLGRPOTrainer:
     return trainer
 
 
+def _log_to_stderr() -> None:
+    """Show trl-smallrl's own info lines (resume point, dynamic-sampling rounds, curriculum restore)."""
+    package = logging.getLogger("trl_smallrl")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> None:
     """Run GRPO from a recipe: `smallrl-grpo --config recipes/<model>/grpo/<name>.yaml [--key value ...]`."""
+    _log_to_stderr()
     try:
         train(argv)
     except NonFiniteError as err:
