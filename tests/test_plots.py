@@ -21,7 +21,7 @@ def assert_png(path):
 def test_figures_of_a_real_grpo_run(tiny_grpo_run, tmp_path):
     written = plot_run(tiny_grpo_run, tmp_path / "plots")
     stems = {path.stem for path in written}
-    assert {"reward", "completion_length", "kl", "entropy", "clip_ratio", "zero_std_groups"} <= stems
+    assert {"loss", "reward", "completion_length", "kl", "entropy", "clip_ratio", "zero_std_groups"} <= stems
     # Plain TRL logs no curriculum and no think length: those figures are skipped, not errors.
     assert not {"accuracy_levels", "think_length", "reasoning_health"} & stems
     for path in written:

@@ -31,8 +31,12 @@ class Panel:
     right_label: str = ""
 
 
-# File stem -> panels. Names are those logged by TRL's GRPOTrainer and by trl-smallrl's curriculum/monitors.
+# File stem -> panels. Names are those logged by TRL's GRPO and SFT trainers and by trl-smallrl's curriculum/monitors.
 RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
+    "loss": (
+        Panel("Training loss", "loss", (r"loss",)),
+        Panel("Token accuracy on the traces (SFT)", "accuracy", (r"mean_token_accuracy",)),
+    ),
     "reward": (
         Panel("Reward (mean, band: std)", "reward", (r"reward",)),
         Panel("Reward components", "reward", (r"rewards/.+/mean",)),
