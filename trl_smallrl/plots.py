@@ -226,6 +226,8 @@ def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
     from trl_smallrl.evaluation import pass_at_k
 
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     eval_json = Path(eval_json)
     if not eval_json.is_file():
         raise ConfigError(f"--eval: {str(eval_json)!r} does not exist; give the results.json of `smallrl-eval`.")
@@ -255,6 +257,8 @@ def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
         ax.set(title=f"level {level}" if level != "all" else "all levels", xlabel="k", ylim=(-0.02, 1.02))
         if ks[-1] > 8:
             ax.set_xscale("log", base=2)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("pass@k")
     axes[0][-1].legend(fontsize=8)
