@@ -14,6 +14,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 SFT_RECIPE ?= recipes/smollm2-135m-instruct/sft/kk_warmup.yaml
 GRPO_RECIPE ?= recipes/smollm2-135m-instruct/grpo/kk_curriculum.yaml
 EVAL_RECIPE ?= recipes/smollm2-135m-instruct/eval/kk_levels.yaml
+SFT_OUTPUT ?= outputs/sft/kk_warmup
 RECIPE ?=
 ARGS ?=
 ACCELERATE_CONFIG ?=
@@ -59,8 +60,13 @@ lint: install
 sft: install
 	$(LAUNCH) trl_smallrl.sft --config $(or $(RECIPE),$(SFT_RECIPE)) $(ARGS)
 
-grpo: install
+# The default GRPO recipe starts from the SFT warm-up (a cold 135M model gets zero reward, hence no gradient):
+# `make grpo` runs `make sft` first when its output is missing, and reuses it afterwards.
+grpo: install $(if $(RECIPE),,$(SFT_OUTPUT)/adapter_config.json)
 	$(LAUNCH) trl_smallrl.grpo --config $(or $(RECIPE),$(GRPO_RECIPE)) $(ARGS)
+
+$(SFT_OUTPUT)/adapter_config.json: | install
+	$(MAKE) sft RECIPE= ARGS=
 
 eval: install
 	$(PY) -m trl_smallrl.evaluation --config $(or $(RECIPE),$(EVAL_RECIPE)) $(ARGS)
