@@ -190,7 +190,11 @@ def check_recipe(path: Path) -> RecipeReport:
     if method == "grpo":
         get_reward_funcs(parsed[0].reward_funcs, **vars(parsed[0]))
 
-    model = recipe.get("model_name_or_path") or (recipe.get("eval_models") or [None])[0]
+    model = recipe.get("model_name_or_path")
+    if method == "eval" and recipe.get("eval_models"):
+        from trl_smallrl.evaluation import parse_model_spec
+
+        model = parse_model_spec(recipe["eval_models"][0])[1]  # `label=name`: the first model's architecture
     if model is None:
         raise ConfigError(f"{where}: no model_name_or_path (or eval_models) to check.")
     architecture = headers.get("base_model") or hub_id_of(model)
