@@ -85,6 +85,14 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _run_config(run_dir: Path) -> dict:
+    """The run's saved config; a checkpoint-N folder uses its run's (the config is saved once per run)."""
+    config = _read_json(run_dir / CONFIG_FILE)
+    if not config and run_dir.name.startswith("checkpoint-"):
+        config = _read_json(run_dir.parent / CONFIG_FILE)
+    return config
+
+
 def curriculum_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each curriculum level with the step it started at and its last rolling accuracy, from the logs."""
     history: list[dict[str, Any]] = []
@@ -151,11 +159,13 @@ def build_model_card(
     """The README.md of the upload: Hub metadata, how to load it, recipe, rewards, curriculum, eval, plots."""
     from huggingface_hub import ModelCardData
 
+    grpo = bool(config.get("reward_funcs")) or any("reward" in entry for entry in log_history)
+    method = "GRPO" if grpo else "SFT"
     metadata = ModelCardData(
         base_model=base_model if _is_hub_id(base_model) else None,
         library_name="transformers" if merged else "peft",
         pipeline_tag="text-generation",
-        tags=["trl", "trl-smallrl", "grpo", "reasoning", *([] if merged else ["lora"])],
+        tags=["trl", "trl-smallrl", method.lower(), "reasoning", *([] if merged else ["lora"])],
     )
     loading = (
         f'model = AutoModelForCausalLM.from_pretrained("{title}")'
@@ -172,7 +182,7 @@ def build_model_card(
         f"# {title}",
         f"{'A merged model' if merged else 'A LoRA adapter'} for [{base_model}]"
         f"({'https://huggingface.co/' + base_model if _is_hub_id(base_model) else base_model}), trained with "
-        "trl-smallrl (TRL GRPO for small reasoning models). Completions are expected as "
+        f"trl-smallrl ({method} with TRL, for small reasoning models). Completions are expected as "
         "`<think> ... </think>` then `<answer> ... </answer>`.",
         f"## Usage\n\n```python\n{import_line}\n\n{loading}\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{title}")\n```',
@@ -252,7 +262,7 @@ def prepare_upload(
         )
     if merge and not adapter_config:
         raise ConfigError(f"--merge: {str(run_dir)!r} is a full model, not an adapter; drop --merge.")
-    config = _read_json(run_dir / CONFIG_FILE)
+    config = _run_config(run_dir)
     base_source = adapter_config.get("base_model_name_or_path") or config.get("model_name_or_path") or str(run_dir)
     base_model = base_model or public_model_id(base_source)
     if not _is_hub_id(base_model):
@@ -337,7 +347,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, *, token: s
     `repo_id` defaults to the run's `hub_model_id` (from smallrl_config.json); `options` go to `prepare_upload`,
     except `private` (default: the run's `hub_private_repo`).
     """
-    config = _read_json(Path(run_dir) / CONFIG_FILE)
+    config = _run_config(Path(run_dir))
     repo_id = repo_id or config.get("hub_model_id")
     if not repo_id:
         raise ConfigError(
@@ -378,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     options = {"eval_json": args.eval_json, "recipe": args.recipe, "merge": args.merge, "base_model": args.base_model}
     if args.dry_run:
-        config = _read_json(Path(args.run_dir) / CONFIG_FILE)
+        config = _run_config(Path(args.run_dir))
         title = args.repo_id or config.get("hub_model_id")
         folder = prepare_upload(args.run_dir, args.dry_run, title=title, **options)
         print(
