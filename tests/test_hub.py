@@ -163,3 +163,10 @@ def test_push_to_hub_in_a_recipe_is_taken_from_the_trainer(tmp_path):
     assert defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path))) is False
     with pytest.raises(ConfigError, match="hub_model_id: push_to_hub is on but no repository is named"):
         defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path), push_to_hub=True))
+
+
+def test_a_checkpoint_folder_uses_its_runs_config(run, tmp_path):
+    checkpoint = shutil.copytree(run, tmp_path / "later" / "checkpoint-4")
+    (checkpoint / "smallrl_config.json").rename(tmp_path / "later" / "smallrl_config.json")
+    card = (prepare_upload(checkpoint, tmp_path / "upload") / "README.md").read_text()
+    assert "| brevity | 0.5 |" in card and "learning_rate: 1.0e-06" in card
