@@ -166,11 +166,12 @@ class SmallRLGRPOTrainer(GRPOTrainer):
         for name, value in health_metrics(table).items():
             self._metrics[mode][name].append(value)
         if self.curriculum is not None and mode == "train" and not torch.isnan(table[:, 1]).any():
-            from trl_smallrl.curriculum import per_prompt
+            from trl_smallrl.curriculum import broadcast_from_rank0, per_prompt
 
             correct = (table[:, 1] >= 1.0).float().tolist()
             levels, accuracy = per_prompt(table[:, 0].tolist(), correct, self.num_generations)
             self.curriculum.record(levels, accuracy, step=self.state.global_step)
+            broadcast_from_rank0(self.curriculum)  # guard: every rank continues from rank 0's decision
 
     # ----- dynamic sampling -----
     def _zero_variance_groups(self) -> torch.Tensor:
@@ -309,7 +310,8 @@ def build_trainer(script_args, training_args, model_args) -> SmallRLGRPOTrainer:
     if script_args.curriculum != "off":
         from trl_smallrl.curriculum import Curriculum
 
-        levels = sorted(set(train_dataset["level"]))
+        present = set(train_dataset["level"])
+        levels = [level for level in script_args.levels if level in present]  # the recipe's order
         curriculum = Curriculum.from_args(script_args, levels=levels, seed=training_args.seed)
         # The curriculum's saved state decides the next prompts; replaying the skipped batches would move it on.
         training_args.ignore_data_skip = True
