@@ -17,6 +17,9 @@ import yaml
 LEVELS = [2, 3, 4]
 
 
+CPU_MULTIPROCESS = Path(__file__).resolve().parents[1] / "accelerate_configs" / "cpu_multiprocess.yaml"
+
+
 def expected_level(step: int) -> int:
     """With curriculum_max_steps 2 and an unreachable threshold, the level moves up every 2 steps: the log of
     step s shows the level after the record made at generation time (global_step s - 1)."""
@@ -76,8 +79,9 @@ def _train_logs(output_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_process_run_agrees_on_the_curriculum(tiny_model_dir, tmp_path):
     recipe = _recipe(tmp_path, tiny_model_dir, max_steps=5, save_steps=5)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), "-m", "trl_smallrl.grpo", "--config", str(recipe)]
+    # The launch users run: `accelerate launch` with the CPU multi-process config (2 gloo ranks).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_MULTIPROCESS)]
+    command += ["--main_process_port", str(_free_port()), "-m", "trl_smallrl.grpo", "--config", str(recipe)]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
@@ -89,6 +93,8 @@ def test_two_process_run_agrees_on_the_curriculum(tiny_model_dir, tmp_path):
         assert 0.0 <= entry["health/truncation_rate"] <= 1.0 and "health/think_length_mean" in entry
     saved = json.loads((out / "checkpoint-5" / "curriculum_state.json").read_text())
     assert saved["levels"] == LEVELS and LEVELS[saved["stage"]] == expected_level(6)
+    # Two ranks really ran: each step recorded one prompt (4 completions / 4 generations) from each rank.
+    assert sum(len(results) for results in saved["results"].values()) == 2 * 5
     config = json.loads((out / "smallrl_config.json").read_text())
     assert config["dynamic_sampling"] == "mask" and config["reward_funcs"] == ["format", "accuracy", "cosine"]
 
