@@ -167,3 +167,14 @@ def test_mean_reward_rises_within_30_steps(tiny_model_dir, tmp_path):
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     assert len(rewards) == 6
     assert rewards[-1] > rewards[0] + 0.15, rewards
+
+
+def test_push_to_hub_without_a_repository_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    from trl_smallrl.grpo import main
+
+    recipe = _recipe(tmp_path, tiny_model_dir, push_to_hub=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(recipe)])
+    assert exit_info.value.code == 2
+    assert "hub_model_id: push_to_hub is on but no repository is named" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "trainer_state.json").exists()  # stopped before any training

@@ -29,6 +29,7 @@ from trl import GRPOTrainer
 
 from trl_smallrl import configs
 from trl_smallrl.errors import ConfigError, exit_on_config_error
+from trl_smallrl.hub import defer_push_to_hub, push_run
 from trl_smallrl.monitors import (
     CheckpointOnSignal,
     CollapseMonitor,
@@ -37,6 +38,7 @@ from trl_smallrl.monitors import (
     health_metrics,
 )
 from trl_smallrl.rewards import completion_text, get_reward_funcs, score_rows
+from trl_smallrl.tracking import setup_tracking
 
 logger = logging.getLogger("trl_smallrl.grpo")  # not __name__: it is "__main__" under `python -m`
 
@@ -347,6 +349,8 @@ def train(argv: list[str] | None = None) -> SmallRLGRPOTrainer:
     script_args, training_args, model_args = configs.parse_recipe(
         (configs.GRPOScriptArguments, configs.GRPOConfig, trl.ModelConfig), argv
     )
+    setup_tracking(training_args)  # wandb without a key runs offline, never prompts
+    push_at_end = defer_push_to_hub(training_args)  # the Trainer's own push would upload training_args.bin
     trainer = build_trainer(script_args, training_args, model_args)
     stop_on_signal = CheckpointOnSignal()
     trainer.add_callback(stop_on_signal)
@@ -365,6 +369,8 @@ def train(argv: list[str] | None = None) -> SmallRLGRPOTrainer:
         raise SystemExit(128 + stop_on_signal.received)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
+    if push_at_end and trainer.accelerator.is_main_process:
+        push_run(training_args.output_dir, token=training_args.hub_token)
     return trainer
 
 

@@ -22,7 +22,9 @@ from typing import Any
 
 from trl_smallrl.configs import SFTConfig, SFTScriptArguments, parse_recipe, save_resolved_config
 from trl_smallrl.errors import ConfigError, exit_on_config_error
+from trl_smallrl.hub import defer_push_to_hub, push_run
 from trl_smallrl.models import prepare_model_args
+from trl_smallrl.tracking import setup_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ def train(argv: list[str] | None = None):
 
     script_args, training_args, model_args = parse_recipe((SFTScriptArguments, SFTConfig, ModelConfig), argv)
     prepare_model_args(model_args, training_args)
+    setup_tracking(training_args)  # wandb without a key runs offline, never prompts
+    push_at_end = defer_push_to_hub(training_args)  # the Trainer's own push would upload training_args.bin
     train_dataset = load_traces(script_args, "train")
     eval_dataset = load_traces(script_args, "eval") if training_args.eval_strategy != "no" else None
     trainer = SFTTrainer(
@@ -98,6 +102,9 @@ def train(argv: list[str] | None = None):
         save_resolved_config(training_args.output_dir, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    if push_at_end and trainer.accelerator.is_main_process:
+        push_run(training_args.output_dir, token=training_args.hub_token)
     logger.info("SFT output in %s; start GRPO with `model_name_or_path: %s`", *[training_args.output_dir] * 2)
     return trainer
 
