@@ -410,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Written by `{COMMAND}` (`python -m trl_smallrl.bench`) on {today}, in "
         f"{(time.perf_counter() - started) / 60:.1f} minutes.",
         f"Machine: {machine()}.",
+        "Load average (1, 5, 15 min) when the run ended: {:.1f}, {:.1f}, {:.1f}; above the core count, other"
+        " processes shared the CPU and the absolute times are slower than on an idle machine (ratios from"
+        " interleaved runs are less affected).".format(*os.getloadavg()),
         "",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
