@@ -135,7 +135,7 @@ def lower_half_tokens(completion_ids, **kwargs):
 
 
 @pytest.mark.slow
-def test_mean_reward_rises_within_30_steps(tiny_model_dir, tmp_path):
+def test_mean_reward_rises_within_20_steps(tiny_model_dir, tmp_path):
     """Proves the sign and the advantage plumbing end to end: a learnable reward goes up."""
     from datasets import Dataset
 
@@ -149,7 +149,7 @@ def test_mean_reward_rises_within_30_steps(tiny_model_dir, tmp_path):
         max_completion_length=8,
         learning_rate=3e-2,
         lr_scheduler_type="constant",
-        max_steps=30,
+        max_steps=20,
         logging_steps=5,
         beta=0.0,
         dynamic_sampling="mask",
@@ -165,7 +165,7 @@ def test_mean_reward_rises_within_30_steps(tiny_model_dir, tmp_path):
     )
     trainer.train()
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-    assert len(rewards) == 6
+    assert len(rewards) == 4
     assert rewards[-1] > rewards[0] + 0.15, rewards
 
 
