@@ -171,8 +171,10 @@ class GRPOScriptArguments(DataArguments):
 
     reward_funcs: list[str] = field(
         default_factory=lambda: ["format", "accuracy"],
-        metadata={"help": "Reward names: format, format_soft, tag_count, accuracy, accuracy_binary, cosine, "
-                  "soft_overlong, repetition_penalty, language."},
+        metadata={
+            "help": "Reward names: format, format_soft, tag_count, accuracy, accuracy_binary, cosine, "
+            "soft_overlong, repetition_penalty, language."
+        },
     )
     cosine_max_len: int = field(default=1000, metadata={"help": "cosine: length (tokens) where the schedule ends."})
     cosine_min_value_wrong: float = field(default=-1.0, metadata={"help": "cosine: wrong answer, shortest."})
@@ -200,8 +202,10 @@ class GRPOConfig(trl.GRPOConfig):
 
     dynamic_sampling: str = field(
         default="none",
-        metadata={"help": "Zero-variance groups (DAPO): none | mask (drop from loss and normalization) | "
-                  "resample (replace them with groups of fresh prompts)."},
+        metadata={
+            "help": "Zero-variance groups (DAPO): none | mask (drop from loss and normalization) | "
+            "resample (replace them with groups of fresh prompts)."
+        },
     )
     dynamic_sampling_max_tries: int = field(
         default=3, metadata={"help": "resample: extra generation rounds at most per generation batch."}
@@ -250,7 +254,7 @@ class SFTScriptArguments(DataArguments):
     traces_file: str | None = field(
         default=None,
         metadata={
-            "help": "jsonl of conversations ({\"messages\": [system, user, assistant]}) from `smallrl-traces`; "
+            "help": 'jsonl of conversations ({"messages": [system, user, assistant]}) from `smallrl-traces`; '
             "default: generate rows from the task and write their traces with the task's trace writer."
         },
     )
