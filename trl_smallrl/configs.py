@@ -72,11 +72,12 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     return tuple(parsed)
 
 
-def _redact(value):
+def redact_secrets(value):
+    """`value` with secrets replaced: values under secret-looking keys, and token-shaped strings anywhere."""
     if isinstance(value, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v else _redact(v)) for k, v in value.items()}
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v else redact_secrets(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact(v) for v in value]
+        return [redact_secrets(v) for v in value]
     if isinstance(value, str):
         return _SECRET_VALUE.sub(REDACTED, value)
     return value
@@ -89,7 +90,7 @@ def resolved_config(*configs) -> dict:
         for config_field in dataclasses.fields(config):
             value = getattr(config, config_field.name)
             merged[config_field.name] = json.loads(json.dumps(value, default=str))
-    return _redact(merged)
+    return redact_secrets(merged)
 
 
 def save_resolved_config(output_dir: str | os.PathLike, *configs, name: str = "smallrl_config.json") -> Path:

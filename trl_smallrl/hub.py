@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from trl_smallrl.configs import _redact
+from trl_smallrl.configs import redact_secrets
 from trl_smallrl.errors import ConfigError, exit_on_config_error
 from trl_smallrl.models import EMBEDDED_MODELS, cache_root, hub_id_of, merged_adapter_path
 
@@ -138,11 +138,11 @@ def _recipe_yaml(config: Mapping[str, Any], recipe: str | os.PathLike | None, ba
                 f"--recipe: {str(path)!r} does not exist; give the YAML recipe the run was trained with."
             )
         loaded = yaml.safe_load(path.read_text()) or {}
-        return yaml.safe_dump(_redact(loaded), sort_keys=False)
+        return yaml.safe_dump(redact_secrets(loaded), sort_keys=False)
     selected = {key: config[key] for key in KEY_SETTINGS if key in config}
     if "model_name_or_path" in selected:
         selected["model_name_or_path"] = base_model
-    return yaml.safe_dump(_redact(selected), sort_keys=False) if selected else ""
+    return yaml.safe_dump(redact_secrets(selected), sort_keys=False) if selected else ""
 
 
 def build_model_card(
@@ -288,7 +288,7 @@ def prepare_upload(
             _copy_matching(run_dir, staging, MODEL_PATTERNS)
         _copy_matching(run_dir, staging, TOKENIZER_PATTERNS)
         if config:
-            (staging / CONFIG_FILE).write_text(json.dumps(_redact(config), indent=2, sort_keys=True))
+            (staging / CONFIG_FILE).write_text(json.dumps(redact_secrets(config), indent=2, sort_keys=True))
         if log_history:
             (staging / "trainer_state.json").write_text(json.dumps({"log_history": log_history}, indent=1))
         plot_files = [str(p.relative_to(staging)) for p in plot_run(staging, staging / "plots")] if log_history else []
