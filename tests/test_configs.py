@@ -73,3 +73,4 @@ def test_saved_config_has_no_secrets(tmp_path):
     assert saved["hub_token"] == "<redacted>"
     assert saved["run_name"] == "run-<redacted>"
     assert saved["levels"] == [2, 3, 4, 5, 6]
+    assert saved["average_tokens_across_devices"] is True  # a setting that mentions tokens is no secret

@@ -22,7 +22,7 @@ import trl
 
 from trl_smallrl.errors import ConfigError
 
-_SECRET_KEY = re.compile(r"token|secret|password|api_key|apikey|credential", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(^|_)token$|secret|password|api_?key|credential", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40})\b")
 REDACTED = "<redacted>"
 
