@@ -121,13 +121,3 @@ def architecture_config(model_id: str):
         )
     fields = dict(ARCHITECTURES[model_id])
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
-
-
-def count_parameters(config) -> int:
-    """Parameters of a model built from `config` on the meta device (no memory, no download)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
