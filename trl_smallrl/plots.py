@@ -29,6 +29,7 @@ class Panel:
     patterns: tuple[str, ...]
     right_patterns: tuple[str, ...] = ()
     right_label: str = ""
+    right_integer: bool = False  # a level count: whole-number ticks, and a flat line still gets a readable axis
 
 
 # File stem -> panels. Names are those logged by TRL's GRPO and SFT trainers and by trl-smallrl's curriculum/monitors.
@@ -48,6 +49,7 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
             (r"health/accuracy_level_\d+", r"health/accuracy"),
             right_patterns=(r"curriculum/level",),
             right_label="curriculum level",
+            right_integer=True,
         ),
         Panel(
             "Rolling accuracy per level (curriculum)",
@@ -55,6 +57,7 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
             (r"curriculum/accuracy_level_\d+",),
             right_patterns=(r"curriculum/level",),
             right_label="curriculum level",
+            right_integer=True,
         ),
     ),
     "think_length": (Panel("Think length", "tokens", (r".*think.*(mean|min).*",)),),
@@ -213,7 +216,10 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
                     steps, values = metric_series(log_history, key)
                     right.plot(steps, values, color="black", linestyle="--", drawstyle="steps-post", label=key)
                 right.set_ylabel(panel.right_label)
-                right.yaxis.set_major_locator(MaxNLocator(integer=True))
+                if panel.right_integer:
+                    values = [v for key in right_keys for v in metric_series(log_history, key)[1]]
+                    right.set_ylim(min(values) - 0.5, max(values) + 0.5)
+                    right.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
                 extra_handles, extra_labels = right.get_legend_handles_labels()
                 handles, labels = handles + extra_handles, labels + extra_labels
             ax.legend(handles, labels, fontsize=7, loc="best")
