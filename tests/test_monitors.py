@@ -126,3 +126,60 @@ def test_nan_reward_stops_naming_step_and_reward_and_keeps_good_checkpoints(tiny
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     weights = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
     assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
+def reward_by_parity(completions, **kwargs):
+    """Varied rewards, so every step has a gradient."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+@pytest.mark.slow
+def test_collapse_rollback_restores_the_best_checkpoint_weights(tiny_model_dir, tmp_path, caplog):
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from trl_smallrl import configs
+    from trl_smallrl.grpo import SmallRLGRPOTrainer
+
+    args = configs.GRPOConfig(
+        output_dir=str(tmp_path),
+        num_generations=2,
+        per_device_train_batch_size=4,
+        max_completion_length=4,
+        max_steps=2,
+        save_steps=1,
+        learning_rate=0.05,
+        report_to="none",
+        disable_tqdm=True,
+        bf16=False,
+    )
+    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Hi {i}"}]} for i in range(8)])
+    trainer = SmallRLGRPOTrainer(
+        model=tiny_model_dir,
+        reward_funcs=[reward_by_parity],
+        args=args,
+        train_dataset=prompts,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
+    trainer.train()
+
+    def adapter():
+        return {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
+
+    best = tmp_path / "checkpoint-1"
+    trainer.state.best_model_checkpoint = str(best)
+    after_step_2 = adapter()
+    monitor = CollapseMonitor(trainer, fraction=0.5, patience=2, warmup=1, action="rollback")
+    for value in (100, 10):
+        monitor.on_log(args, trainer.state, TrainerControl(), logs={"health/think_length_mean": value})
+    assert monitor.collapses == 0
+    assert all(torch.equal(after_step_2[k], v) for k, v in adapter().items())  # not yet: patience 2
+    monitor.on_log(args, trainer.state, TrainerControl(), logs={"health/think_length_mean": 10})
+    assert monitor.collapses == 1 and "rolling back" in caplog.text
+    saved = load_file(best / "adapter_model.safetensors")
+    restored = adapter()
+    changed = [k for k in restored if not torch.equal(restored[k], after_step_2[k])]
+    assert changed, "the rollback left the step-2 weights in place"
+    for name, value in saved.items():
+        live = next(v for k, v in restored.items() if k.replace(".default", "") == name)
+        torch.testing.assert_close(live, value)
