@@ -99,28 +99,35 @@ def nan_from_step_2(completions, trainer_state, **kwargs):
     return [float("nan") if trainer_state.global_step >= 2 else float(i % 2) for i in range(len(completions))]
 
 
-@pytest.mark.slow
-def test_nan_reward_stops_naming_step_and_reward_and_keeps_good_checkpoints(tiny_model_dir, tmp_path):
+def _tiny_trainer(model_dir, output_dir, reward, max_steps, **extra):
+    """A real `SmallRLGRPOTrainer` on the tiny model: 8 prompts, groups of 2, a checkpoint every step."""
     from datasets import Dataset
 
     from trl_smallrl import configs
     from trl_smallrl.grpo import SmallRLGRPOTrainer
 
+    peft_config = extra.pop("peft_config", None)
     args = configs.GRPOConfig(
-        output_dir=str(tmp_path),
+        output_dir=str(output_dir),
         num_generations=2,
         per_device_train_batch_size=4,
         max_completion_length=4,
-        max_steps=5,
+        max_steps=max_steps,
         save_steps=1,
         report_to="none",
         disable_tqdm=True,
         bf16=False,
+        **extra,
     )
     prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Hi {i}"}]} for i in range(8)])
-    trainer = SmallRLGRPOTrainer(
-        model=tiny_model_dir, reward_funcs=[nan_from_step_2], args=args, train_dataset=prompts
+    return SmallRLGRPOTrainer(
+        model=model_dir, reward_funcs=[reward], args=args, train_dataset=prompts, peft_config=peft_config
     )
+
+
+@pytest.mark.slow
+def test_nan_reward_stops_naming_step_and_reward_and_keeps_good_checkpoints(tiny_model_dir, tmp_path):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, nan_from_step_2, max_steps=5)
     with pytest.raises(NonFiniteError, match=r"step 3: reward 'nan_from_step_2' returned nan"):
         trainer.train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -135,31 +142,11 @@ def reward_by_parity(completions, **kwargs):
 
 @pytest.mark.slow
 def test_collapse_rollback_restores_the_best_checkpoint_weights(tiny_model_dir, tmp_path, caplog):
-    from datasets import Dataset
     from peft import LoraConfig
 
-    from trl_smallrl import configs
-    from trl_smallrl.grpo import SmallRLGRPOTrainer
-
-    args = configs.GRPOConfig(
-        output_dir=str(tmp_path),
-        num_generations=2,
-        per_device_train_batch_size=4,
-        max_completion_length=4,
-        max_steps=2,
-        save_steps=1,
-        learning_rate=0.05,
-        report_to="none",
-        disable_tqdm=True,
-        bf16=False,
-    )
-    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Hi {i}"}]} for i in range(8)])
-    trainer = SmallRLGRPOTrainer(
-        model=tiny_model_dir,
-        reward_funcs=[reward_by_parity],
-        args=args,
-        train_dataset=prompts,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    trainer = _tiny_trainer(
+        tiny_model_dir, tmp_path, reward_by_parity, max_steps=2, learning_rate=0.05, peft_config=lora
     )
     trainer.train()
 
@@ -171,10 +158,10 @@ def test_collapse_rollback_restores_the_best_checkpoint_weights(tiny_model_dir, 
     after_step_2 = adapter()
     monitor = CollapseMonitor(trainer, fraction=0.5, patience=2, warmup=1, action="rollback")
     for value in (100, 10):
-        monitor.on_log(args, trainer.state, TrainerControl(), logs={"health/think_length_mean": value})
+        monitor.on_log(trainer.args, trainer.state, TrainerControl(), logs={"health/think_length_mean": value})
     assert monitor.collapses == 0
     assert all(torch.equal(after_step_2[k], v) for k, v in adapter().items())  # not yet: patience 2
-    monitor.on_log(args, trainer.state, TrainerControl(), logs={"health/think_length_mean": 10})
+    monitor.on_log(trainer.args, trainer.state, TrainerControl(), logs={"health/think_length_mean": 10})
     assert monitor.collapses == 1 and "rolling back" in caplog.text
     saved = load_file(best / "adapter_model.safetensors")
     restored = adapter()
