@@ -144,6 +144,37 @@ def test_merged_upload_is_a_plain_model(run, tmp_path):
     torch.testing.assert_close(merged(ids).logits, AutoPeftModelForCausalLM.from_pretrained(run)(ids).logits)
 
 
+def test_a_run_started_from_a_merged_sft_run_names_the_chain(run, tmp_path, capsys):
+    """GRPO from an SFT run trains on `<sft>/merged-float32`: a merged upload names the model the chain began
+    with and the SFT run; an adapter upload warns that its base is not on the Hub and leaks no local path."""
+    from trl_smallrl.hub import model_lineage
+    from trl_smallrl.models import merged_adapter_path
+
+    sft = shutil.copytree(run, tmp_path / "sft_warmup")
+    sft_merged = merged_adapter_path(sft)
+    grpo = shutil.copytree(run, tmp_path / "grpo_run")
+    adapter_config = json.loads((grpo / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(sft_merged)
+    (grpo / "adapter_config.json").write_text(json.dumps(adapter_config))
+    # The SFT run's own base stands for a Hub model (its merge above was made from the local tiny model).
+    sft_config = json.loads((sft / "adapter_config.json").read_text())
+    sft_config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (sft / "adapter_config.json").write_text(json.dumps(sft_config))
+
+    assert model_lineage(str(sft_merged)) == ("HuggingFaceTB/SmolLM2-135M-Instruct", ["sft_warmup"])
+    assert model_lineage("org/model") == ("org/model", [])
+
+    capsys.readouterr()
+    card = (prepare_upload(grpo, tmp_path / "merged", merge=True) / "README.md").read_text()
+    assert "warning" not in capsys.readouterr().out  # a merged model loads on its own
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "through the run(s) `sft_warmup`" in card
+
+    card = (prepare_upload(grpo, tmp_path / "adapter") / "README.md").read_text()
+    assert "is not a Hub id" in capsys.readouterr().out
+    assert str(tmp_path) not in card and "base_model:" not in card
+
+
 def test_missing_repo_id_and_base_model_names():
     with pytest.raises(SystemExit) as exit_info:
         main(["/nonexistent-run", "--dry-run", "/tmp/x"])

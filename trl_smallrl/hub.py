@@ -24,7 +24,7 @@ import yaml
 
 from trl_smallrl.configs import redact_secrets
 from trl_smallrl.errors import ConfigError, exit_on_config_error
-from trl_smallrl.models import EMBEDDED_MODELS, cache_root, hub_id_of, merged_adapter_path
+from trl_smallrl.models import EMBEDDED_MODELS, MERGED_SUBDIR, cache_root, hub_id_of, merged_adapter_path
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json")
@@ -75,6 +75,23 @@ def public_model_id(name_or_path: str) -> str:
     if path.name in EMBEDDED_MODELS and path.parent.resolve() == (cache_root() / "models").resolve():
         return hub_id_of(path.name)
     return hub_id_of(str(name_or_path))
+
+
+def model_lineage(name_or_path: str) -> tuple[str, list[str]]:
+    """(public id of the model a chain of runs began with, the adapter runs merged on top of it, oldest first).
+
+    A GRPO recipe that starts from an SFT run trains on `<sft run>/merged-float32` (`models.merged_adapter_path`),
+    a folder of this machine. Following each merged folder to its adapter's base leads back to the model the
+    chain began with, which is what a card should name for a merged upload.
+    """
+    path, stages = Path(str(name_or_path)).expanduser(), []
+    while path.name == MERGED_SUBDIR and (path.parent / "adapter_config.json").is_file():
+        base = _read_json(path.parent / "adapter_config.json").get("base_model_name_or_path")
+        if not base:
+            break
+        stages.insert(0, path.parent.name)
+        path = Path(str(base)).expanduser()
+    return public_model_id(str(path)), stages
 
 
 def _is_hub_id(name: str) -> bool:
@@ -141,7 +158,7 @@ def _recipe_yaml(config: Mapping[str, Any], recipe: str | os.PathLike | None, ba
         return yaml.safe_dump(redact_secrets(loaded), sort_keys=False)
     selected = {key: config[key] for key in KEY_SETTINGS if key in config}
     if "model_name_or_path" in selected:
-        selected["model_name_or_path"] = base_model
+        selected["model_name_or_path"] = base_model if _is_hub_id(base_model) else f"(local) {Path(base_model).name}"
     return yaml.safe_dump(redact_secrets(selected), sort_keys=False) if selected else ""
 
 
@@ -151,6 +168,7 @@ def build_model_card(
     base_model: str,
     merged: bool,
     config: Mapping[str, Any],
+    lineage: tuple[str, Sequence[str]] | None = None,
     log_history: Sequence[Mapping[str, Any]],
     recipe_yaml: str,
     eval_table: str | None,
@@ -167,10 +185,20 @@ def build_model_card(
         pipeline_tag="text-generation",
         tags=["trl", "trl-smallrl", method.lower(), "reasoning", *([] if merged else ["lora"])],
     )
+    on_hub = _is_hub_id(base_model)
+    base_text = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else "a local model (not on the Hub)"
     loading = (
         f'model = AutoModelForCausalLM.from_pretrained("{title}")'
         if merged
-        else f'model = AutoPeftModelForCausalLM.from_pretrained("{title}")  # loads {base_model} + this adapter'
+        else f'model = AutoPeftModelForCausalLM.from_pretrained("{title}")  # loads '
+        + (f"{base_model} + this adapter" if on_hub else "its base model, which must be reachable")
+    )
+    origin, stages = lineage or (base_model, [])
+    lineage_text = (
+        f" It continues from {origin if _is_hub_id(origin) else 'a local model'} through the run(s) {', '.join(f'`{s}`' for s in stages)}, whose adapters "
+        "were merged into the weights before this run."
+        if stages
+        else ""
     )
     import_line = (
         "from transformers import AutoModelForCausalLM, AutoTokenizer"
@@ -180,9 +208,8 @@ def build_model_card(
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
         f"# {title}",
-        f"{'A merged model' if merged else 'A LoRA adapter'} for [{base_model}]"
-        f"({'https://huggingface.co/' + base_model if _is_hub_id(base_model) else base_model}), trained with "
-        f"trl-smallrl ({method} with TRL, for small reasoning models). Completions are expected as "
+        f"{'A merged model' if merged else 'A LoRA adapter'} for {base_text}, trained with "
+        f"trl-smallrl ({method} with TRL, for small reasoning models).{lineage_text} Completions are expected as "
         "`<think> ... </think>` then `<answer> ... </answer>`.",
         f"## Usage\n\n```python\n{import_line}\n\n{loading}\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{title}")\n```',
@@ -264,8 +291,10 @@ def prepare_upload(
         raise ConfigError(f"--merge: {str(run_dir)!r} is a full model, not an adapter; drop --merge.")
     config = _run_config(run_dir)
     base_source = adapter_config.get("base_model_name_or_path") or config.get("model_name_or_path") or str(run_dir)
-    base_model = base_model or public_model_id(base_source)
-    if not _is_hub_id(base_model):
+    lineage = model_lineage(base_source)
+    # A merged upload loads on its own: name the model the chain began with. An adapter needs its exact base.
+    base_model = base_model or (lineage[0] if merge else public_model_id(base_source))
+    if not merge and not _is_hub_id(base_model):
         print(
             f"warning: base model {base_model!r} is not a Hub id, so readers cannot load the adapter; pass "
             "--base-model ORG/NAME (its copy on the Hub) or push the merged model with --merge."
@@ -303,6 +332,7 @@ def prepare_upload(
             base_model=base_model,
             merged=merge,
             config=config,
+            lineage=lineage,
             log_history=log_history,
             recipe_yaml=_recipe_yaml(config, recipe, base_model),
             eval_table=eval_table,
