@@ -179,13 +179,13 @@ def build_model_card(
 
     grpo = bool(config.get("reward_funcs")) or any("reward" in entry for entry in log_history)
     method = "GRPO" if grpo else "SFT"
+    on_hub = _is_hub_id(base_model)
     metadata = ModelCardData(
-        base_model=base_model if _is_hub_id(base_model) else None,
+        base_model=base_model if on_hub else None,
         library_name="transformers" if merged else "peft",
         pipeline_tag="text-generation",
         tags=["trl", "trl-smallrl", method.lower(), "reasoning", *([] if merged else ["lora"])],
     )
-    on_hub = _is_hub_id(base_model)
     base_text = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else "a local model (not on the Hub)"
     loading = (
         f'model = AutoModelForCausalLM.from_pretrained("{title}")'
@@ -194,12 +194,14 @@ def build_model_card(
         + (f"{base_model} + this adapter" if on_hub else "its base model, which must be reachable")
     )
     origin, stages = lineage or (base_model, [])
-    lineage_text = (
-        f" It continues from {origin if _is_hub_id(origin) else 'a local model'} through the run(s) {', '.join(f'`{s}`' for s in stages)}, whose adapters "
-        "were merged into the weights before this run."
-        if stages
-        else ""
-    )
+    lineage_text = ""
+    if stages:
+        runs = ", ".join(f"`{stage}`" for stage in stages)
+        origin_text = origin if _is_hub_id(origin) else "a local model"
+        lineage_text = (
+            f" It continues from {origin_text} through the run(s) {runs}, whose adapters were merged into the "
+            "weights before this run."
+        )
     import_line = (
         "from transformers import AutoModelForCausalLM, AutoTokenizer"
         if merged

@@ -212,13 +212,14 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
             right_keys = matching_keys(log_history, panel.right_patterns) if panel.right_patterns else []
             if right_keys:
                 right = ax.twinx()
+                right_values: list[float] = []
                 for key in right_keys:
                     steps, values = metric_series(log_history, key)
                     right.plot(steps, values, color="black", linestyle="--", drawstyle="steps-post", label=key)
+                    right_values += values
                 right.set_ylabel(panel.right_label)
                 if panel.right_integer:
-                    values = [v for key in right_keys for v in metric_series(log_history, key)[1]]
-                    right.set_ylim(min(values) - 0.5, max(values) + 0.5)
+                    right.set_ylim(min(right_values) - 0.5, max(right_values) + 0.5)
                     right.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
                 extra_handles, extra_labels = right.get_legend_handles_labels()
                 handles, labels = handles + extra_handles, labels + extra_labels
