@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -48,19 +47,15 @@ class FirstTokenReward:
 
 
 def machine() -> str:
+    """The CPU with the instruction sets that decide bf16's speed, the cores, memory, GPU and torch."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from trl_smallrl.precision import cpu_info
+
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
+    bf16 = "native bf16" if cpu_info().native_bf16 else "bf16 emulated"
+    return f"{cpu_info().describe()}, {bf16}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:

@@ -106,14 +106,34 @@ def save_resolved_config(output_dir: str | os.PathLike, *configs, name: str = "s
 def use_cpu_without_accelerator(config) -> None:
     """Let a recipe run unchanged on a machine without a GPU.
 
-    TRL's configs default to bf16, which transformers refuses on CPU unless `use_cpu` is set; bf16 autocast
-    is also the faster choice on a modern CPU (see docs/BENCHMARKS.md), so we set `use_cpu` rather than
-    turning bf16 off. Called from the `__post_init__` of our training configs, before TRL validates them.
+    TRL's configs default to bf16, which transformers refuses on CPU unless `use_cpu` is set. We set `use_cpu`
+    here, before TRL validates the config; whether bf16 then stays on is decided at launch from the processor
+    (`precision.decide_training_precision`: only where the CPU runs bf16 natively).
     """
-    import torch
+    from trl_smallrl.precision import accelerator_name
 
-    if not config.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+    if not config.use_cpu and accelerator_name() is None:
         config.use_cpu = True
+
+
+@dataclass
+class CPUPrecisionArguments:
+    """How a training run on a CPU treats the recipe's bf16 (see `trl_smallrl.precision`)."""
+
+    cpu_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "On a CPU: auto (bf16 only where the processor runs it natively, else float32) | bf16 (keep the "
+            "recipe's bf16 even where it is emulated, much slower) | fp32. A GPU always keeps the recipe's choice."
+        },
+    )
+
+    def validate_cpu_precision(self) -> None:
+        from trl_smallrl.errors import unknown_name
+        from trl_smallrl.precision import CPU_PRECISIONS
+
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise unknown_name("cpu_precision", self.cpu_precision, CPU_PRECISIONS)
 
 
 @dataclass
@@ -198,7 +218,7 @@ COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
 
 
 @dataclass
-class GRPOConfig(trl.GRPOConfig):
+class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
     """TRL's `GRPOConfig` plus what trl-smallrl adds (dynamic sampling, curriculum, monitors, resets)."""
 
     dynamic_sampling: str = field(
@@ -234,6 +254,7 @@ class GRPOConfig(trl.GRPOConfig):
 
     def __post_init__(self):
         use_cpu_without_accelerator(self)
+        self.validate_cpu_precision()
         from trl_smallrl.errors import unknown_name
 
         if self.dynamic_sampling not in DYNAMIC_SAMPLING_MODES:
@@ -262,11 +283,12 @@ class SFTScriptArguments(DataArguments):
 
 
 @dataclass
-class SFTConfig(trl.SFTConfig):
+class SFTConfig(CPUPrecisionArguments, trl.SFTConfig):
     """TRL's `SFTConfig` plus what trl-smallrl adds for the warm-up stage."""
 
     def __post_init__(self):
         use_cpu_without_accelerator(self)
+        self.validate_cpu_precision()
         super().__post_init__()
 
 
@@ -296,7 +318,11 @@ class EvalArguments:
     eval_generation_batch_size: int = field(default=8, metadata={"help": "Prompts per `generate` call."})
     eval_sampling_seed: int = field(default=0, metadata={"help": "Seed of the sampler (same for every model)."})
     eval_dtype: str = field(
-        default="auto", metadata={"help": "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16."}
+        default="auto",
+        metadata={
+            "help": "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16 (on a CPU without "
+            "native support, half precision is emulated and warned about)."
+        },
     )
     eval_output_dir: str = field(
         default="outputs/eval", metadata={"help": "Where results.json, results.md and completions/ are written."}

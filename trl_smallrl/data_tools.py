@@ -147,6 +147,12 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--keep-per-prompt", type=int, default=1, help="--teacher: verified traces kept a prompt.")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="--teacher: completion tokens at most.")
     parser.add_argument("--temperature", type=float, default=0.8, help="--teacher: sampling temperature.")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="--teacher: auto = bfloat16 on a GPU, float32 on a CPU (where bf16 is often emulated).",
+    )
     args = parser.parse_args(argv)
     _quiet_progress_bars()
     if (args.levels is None) == (args.dataset is None):
@@ -160,7 +166,9 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
     if args.teacher is not None:
         from trl_smallrl.teacher import SamplingSettings, teacher_traces
 
-        settings = SamplingSettings(args.samples, args.max_new_tokens, args.temperature, seed=args.seed)
+        settings = SamplingSettings(
+            args.samples, args.max_new_tokens, args.temperature, seed=args.seed, dtype=args.dtype
+        )
         kept, stats = teacher_traces(args.teacher, task, rows, settings, args.keep_per_prompt)
         write_jsonl(args.out, kept)
         print(f"wrote {len(kept)} verified conversations ({len(rows)} prompts x {args.samples} samples) to {args.out}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import sys
 from collections.abc import Callable, Iterable
 
@@ -25,11 +26,23 @@ def unknown_name(field: str, value: str, valid: Iterable[str]) -> ConfigError:
     return ConfigError(f"{field}: unknown value {value!r}.{hint} Valid values: {', '.join(valid)}.")
 
 
+def show_info_logs() -> None:
+    """Show trl-smallrl's own info lines on stderr (precision chosen, resume point, dynamic-sampling rounds)."""
+    package = logging.getLogger("trl_smallrl")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
 def exit_on_config_error(main: Callable) -> Callable:
-    """Decorate an entry point so that a `ConfigError` prints one line and exits with status 2."""
+    """Decorate an entry point so that a `ConfigError` prints one line and exits with status 2, and the package's
+    info lines are shown."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        show_info_logs()
         try:
             return main(*args, **kwargs)
         except ConfigError as err:

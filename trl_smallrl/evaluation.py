@@ -20,6 +20,7 @@ from typing import Any
 from trl_smallrl.configs import DataArguments, EvalArguments, parse_recipe
 from trl_smallrl.errors import ConfigError, exit_on_config_error
 from trl_smallrl.models import hub_id_of, resolve_model
+from trl_smallrl.precision import inference_dtype
 
 ALL_LEVELS = "all"
 
@@ -60,14 +61,6 @@ def _model_specs(models: Sequence[str]) -> list[tuple[str, str]]:
     return specs
 
 
-def _dtype(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
-
-
 def load_for_generation(name: str, dtype: str = "auto"):
     """Model and left-padding tokenizer for `name`, resolved as every entry point resolves models."""
     import torch
@@ -78,7 +71,7 @@ def load_for_generation(name: str, dtype: str = "auto"):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(dtype))
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, tokenizer
 

@@ -374,20 +374,9 @@ def train(argv: list[str] | None = None) -> SmallRLGRPOTrainer:
     return trainer
 
 
-def _log_to_stderr() -> None:
-    """Show trl-smallrl's own info lines (resume point, dynamic-sampling rounds, curriculum restore)."""
-    package = logging.getLogger("trl_smallrl")
-    if not package.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-        package.addHandler(handler)
-        package.setLevel(logging.INFO)
-
-
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> None:
     """Run GRPO from a recipe: `smallrl-grpo --config recipes/<model>/grpo/<name>.yaml [--key value ...]`."""
-    _log_to_stderr()
     try:
         train(argv)
     except NonFiniteError as err:

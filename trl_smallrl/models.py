@@ -246,8 +246,12 @@ def prepare_model_args(model_args, training_args) -> None:
     """Resolve `model_args.model_name_or_path` in place and hand the recipe's loading options to TRL.
 
     TRL's trainers load a model given by name with `args.model_init_kwargs`; we fill those from TRL's
-    `ModelConfig` (dtype, attention implementation, revision) exactly as TRL's own scripts do.
+    `ModelConfig` (dtype, attention implementation, revision) exactly as TRL's own scripts do, after the
+    precision for this machine is decided (`precision.decide_training_precision`: no emulated bf16 on a CPU).
     """
+    from trl_smallrl.precision import decide_training_precision
+
+    decide_training_precision(training_args, model_args)
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
     init_kwargs = {
         "revision": model_args.model_revision,

@@ -26,7 +26,7 @@ from trl_smallrl.hub import defer_push_to_hub, push_run
 from trl_smallrl.models import prepare_model_args
 from trl_smallrl.tracking import setup_tracking
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trl_smallrl.sft")  # not __name__: it is "__main__" under `python -m`
 
 
 def trace_writer(task_name: str) -> Callable[[Mapping[str, Any]], str] | None:

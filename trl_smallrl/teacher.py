@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trl_smallrl.models import resolve_model
+from trl_smallrl.precision import inference_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class SamplingSettings:
     top_p: float = 0.95
     batch_size: int = 8  # prompts per generate call (each expanded to num_samples sequences)
     seed: int = 0
+    dtype: str = "auto"  # bfloat16 on a GPU, float32 on a CPU (`precision.inference_dtype`)
 
 
 def _use_vllm() -> bool:
@@ -58,7 +60,7 @@ def _sample_transformers(path: str, prompts, settings: SamplingSettings) -> list
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(settings.dtype)).to(device).eval()
     config = GenerationConfig(
         do_sample=True,
         temperature=settings.temperature,
