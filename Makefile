@@ -1,6 +1,6 @@
 # trl-smallrl: every target installs what it needs on first use (a stamp file makes the second call cheap).
 #   make grpo [RECIPE=recipes/...yaml] [ARGS="--max_steps 5"] [ACCELERATE_CONFIG=accelerate_configs/ddp.yaml]
-#   make sft | make eval | make test | make lint | make bench | make check-recipes | make clean
+#   make sft | make eval | make test | make lint | make bench | make gpu-smoke | make check-recipes | make clean
 
 PYTHON ?= python3
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
@@ -20,10 +20,14 @@ ARGS ?=
 ACCELERATE_CONFIG ?=
 PYTEST_ARGS ?=
 
+# Under torchrun (accelerate launch with several processes) Ctrl-C or SIGTERM gives the workers this many seconds to
+# finish their step and save a checkpoint before the launcher kills them (torch's default is 30).
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT ?= 600
+
 # Run a module directly, or through `accelerate launch` when ACCELERATE_CONFIG is given.
 LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m,$(PY) -m)
 
-.PHONY: install test lint sft grpo eval bench check-recipes clean distclean
+.PHONY: install test lint sft grpo eval bench gpu-smoke check-recipes clean distclean
 
 install: $(STAMP)
 
@@ -72,10 +76,14 @@ eval: install
 	$(PY) -m trl_smallrl.evaluation --config $(or $(RECIPE),$(EVAL_RECIPE)) $(ARGS)
 
 bench: install
-	$(PY) -m trl_smallrl.bench $(ARGS)
+	$(PY) -m tools.bench $(ARGS)
+
+# On one GPU, offline, in minutes: the GPU recipes' mechanics, one line per check (tools/gpu_smoke.py).
+gpu-smoke: install
+	$(PY) -m tools.gpu_smoke $(ARGS)
 
 check-recipes: install
-	$(PY) -m trl_smallrl.recipes $(ARGS)
+	$(PY) -m tools.check_recipes $(ARGS)
 
 clean:
 	rm -rf outputs wandb .pytest_cache .ruff_cache build dist *.egg-info

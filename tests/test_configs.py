@@ -8,8 +8,9 @@ import pytest
 import yaml
 from trl import ModelConfig
 
-from trl_smallrl.configs import DataArguments, GRPOConfig, parse_recipe, save_resolved_config
+from trl_smallrl.configs import DataArguments, GRPOConfig
 from trl_smallrl.errors import ConfigError
+from trl_smallrl.recipe import parse_recipe, save_resolved_config
 
 TYPES = (DataArguments, GRPOConfig, ModelConfig)
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from trl_smallrl.configs import DataArguments
-from trl_smallrl.curriculum import Curriculum, CurriculumSampler, per_prompt, record_across_ranks
+from trl_smallrl.curriculum import Curriculum, CurriculumSampler, per_prompt
 from trl_smallrl.errors import ConfigError
 
 ROW_LEVELS = [2] * 40 + [3] * 30 + [4] * 20 + [5] * 10
@@ -137,8 +137,8 @@ def test_single_process_record_and_per_prompt_grouping():
     with pytest.raises(ValueError, match="groups of 3"):
         per_prompt([2, 2], [1.0, 0.0], num_generations=3)
     curriculum = Curriculum([2, 3], threshold=0.5, window=2)
-    assert record_across_ranks(curriculum, levels, correct, step=1) is False  # one level-2 prompt so far
-    assert record_across_ranks(curriculum, [2], [1.0], step=2) is True
+    assert curriculum.record_gathered(levels, correct, step=1) is False  # one level-2 prompt so far
+    assert curriculum.record_gathered([2], [1.0], step=2) is True
 
 
 @pytest.mark.parametrize(

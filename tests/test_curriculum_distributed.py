@@ -16,13 +16,7 @@ WORKER = textwrap.dedent(
 
     import torch.distributed as dist
 
-    from trl_smallrl.curriculum import (
-        Curriculum,
-        CurriculumSampler,
-        broadcast_from_rank0,
-        per_prompt,
-        record_across_ranks,
-    )
+    from trl_smallrl.curriculum import Curriculum, CurriculumSampler, broadcast_from_rank0, per_prompt
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -37,7 +31,11 @@ WORKER = textwrap.dedent(
         # Rank 0 is always right, rank 1 right one step in three: alone, they would decide differently.
         correct = [1.0 if rank == 0 or step % 3 == 0 else 0.0 for _ in mine]
         levels, accuracy = per_prompt([row_levels[i] for i in mine], correct, num_generations=2)
-        record_across_ranks(curriculum, levels, accuracy, step)
+        gathered = [None] * dist.get_world_size()  # what the trainer gathers from every rank, in rank order
+        dist.all_gather_object(gathered, (levels, accuracy))
+        curriculum.record_gathered(
+            [level for part in gathered for level in part[0]], [value for part in gathered for value in part[1]], step
+        )
         log.append({"step": step, "level": curriculum.current_level, "batch": batch, "metrics": curriculum.metrics()})
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as handle:
         json.dump(log, handle)

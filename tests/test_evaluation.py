@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from trl_smallrl.configs import DataArguments, EvalArguments, parse_recipe
+from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.evaluation import pass_at_k, results_table, summarize
+from trl_smallrl.recipe import parse_recipe
 
 
 def exact_pass_at_k(n, c, k):
@@ -114,13 +115,14 @@ def test_duplicate_model_labels_are_refused(tmp_path):
 
 def test_scoring_uses_the_task_verifier_and_the_strict_format():
     from trl_smallrl.evaluation import score_samples
+    from trl_smallrl.generation import Completion
     from trl_smallrl.tasks import get_task
     from trl_smallrl.tasks.knights_knaves import write_trace
 
     (row,) = get_task("knights_knaves").generate_rows(2, 1, seed=0, split="eval")
     right = write_trace(row)
     texts = [right, right.replace("<think>", "", 1), "<think>guess</think>\n<answer>nobody</answer>", "\x00 ??"]
-    samples = [[{"text": t, "length": 3, "truncated": False} for t in texts]]
+    samples = [[Completion(text=t, length=3, truncated=False) for t in texts]]
     (scored,) = score_samples([row], samples)
     assert scored["level"] == 2
     assert scored["correct"] == [True, True, False, False]  # the answer counts, the format does not

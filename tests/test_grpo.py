@@ -140,7 +140,7 @@ def test_mean_reward_rises_within_20_steps(tiny_model_dir, tmp_path):
     from datasets import Dataset
 
     from trl_smallrl import configs
-    from trl_smallrl.grpo import SmallRLGRPOTrainer
+    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 
     args = configs.GRPOConfig(
         output_dir=str(tmp_path / "learn"),

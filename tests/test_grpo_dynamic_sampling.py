@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import GRPOTrainer
 
 from trl_smallrl import configs
-from trl_smallrl.grpo import KEEP_KEY, SmallRLGRPOTrainer
+from trl_smallrl.grpo_trainer import KEEP_KEY, SCALE_KEY, SmallRLGRPOTrainer
 
 GROUP = 4
 CONSTANT = [True, False, True, False]  # prompts 0 and 2 get the same reward for every completion
@@ -62,6 +62,7 @@ def _select(output, rows):
         k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == batch else v for k, v in output.items()
     }
     sub.pop(KEEP_KEY)
+    sub.pop(SCALE_KEY)
     sub["num_items_in_batch"] = sub["completion_mask"].sum()
     return sub
 
@@ -106,6 +107,27 @@ def test_masked_loss_equals_trl_loss_on_the_informative_groups_alone(mask_traine
     if loss_type in ("grpo", "dr_grpo"):
         counted = _grads(mask_trainer, trl_loss, masked_batch)
         torch.testing.assert_close(counted, masked * kept_rows.float().mean(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo"])
+def test_row_mean_rescale_spans_the_whole_generation_batch(mask_trainer, masked_batch, loss_type):
+    """Two micro-batches of one accumulation window, one holding only masked groups: their summed gradient is
+    TRL's gradient on the informative rows alone (a per-micro-batch rescale would halve it)."""
+    mask_trainer.loss_type = mask_trainer.args.loss_type = loss_type
+    kept_rows = masked_batch[KEEP_KEY].bool()
+    batch = masked_batch["completion_ids"].size(0)
+    micro = [{k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == batch else v
+              for k, v in masked_batch.items()} for rows in (~kept_rows, kept_rows)]  # fmt: skip
+    mask_trainer.current_gradient_accumulation_steps = 2
+    try:
+        accumulated = sum(_grads(mask_trainer, mask_trainer._compute_loss, x) for x in micro)
+    finally:
+        mask_trainer.current_gradient_accumulation_steps = 1
+    alone = _grads(
+        mask_trainer, lambda m, x: GRPOTrainer._compute_loss(mask_trainer, m, x), _select(masked_batch, kept_rows)
+    )
+    assert alone.abs().sum() > 0
+    torch.testing.assert_close(accumulated, alone, rtol=1e-4, atol=1e-7)
 
 
 def test_resample_replaces_zero_variance_groups_with_fresh_prompts(tiny_model_dir, tmp_path):

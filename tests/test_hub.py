@@ -11,8 +11,8 @@ import yaml
 
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.evaluation import results_table, summarize
-from trl_smallrl.hub import main, prepare_upload, public_model_id
-from trl_smallrl.models import EMBEDDED_MODELS, cache_root
+from trl_smallrl.hub import main, prepare_upload
+from trl_smallrl.models import EMBEDDED_MODELS, cache_root, public_model_id
 
 FAKE_TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
@@ -147,8 +147,7 @@ def test_merged_upload_is_a_plain_model(run, tmp_path):
 def test_a_run_started_from_a_merged_sft_run_names_the_chain(run, tmp_path, capsys):
     """GRPO from an SFT run trains on `<sft>/merged-float32`: a merged upload names the model the chain began
     with and the SFT run; an adapter upload warns that its base is not on the Hub and leaks no local path."""
-    from trl_smallrl.hub import model_lineage
-    from trl_smallrl.models import merged_adapter_path
+    from trl_smallrl.models import merged_adapter_path, model_lineage
 
     sft = shutil.copytree(run, tmp_path / "sft_warmup")
     sft_merged = merged_adapter_path(sft)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.models import EMBEDDED_MODELS, hub_id_of, main, resolve_model
+from trl_smallrl.models import EMBEDDED_MODELS, main, public_model_id, resolve_model
 
 
 def test_embedded_alias_is_a_loadable_folder_with_chat_template(embedded_model_dir, tokenizer):
@@ -62,8 +62,8 @@ def test_folder_that_is_not_a_model(tmp_path):
 
 
 def test_hub_id_of_alias():
-    assert hub_id_of("smollm2-135m-instruct") == EMBEDDED_MODELS["smollm2-135m-instruct"].hub_id
-    assert hub_id_of("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    assert public_model_id("smollm2-135m-instruct") == EMBEDDED_MODELS["smollm2-135m-instruct"].hub_id
+    assert public_model_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
 
 
 def test_cli_prints_path_and_exits_2_on_error(embedded_model_dir, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -79,7 +80,7 @@ def test_collapse_monitor_acts_after_patience(caplog):
 
 def test_checkpoint_on_signal_saves_then_stops(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    callback, state, control = CheckpointOnSignal(), TrainerState(), TrainerControl()
+    callback, state, control = CheckpointOnSignal(grace_seconds=0.5), TrainerState(), TrainerControl()
     callback.on_train_begin(args, state, control)
     try:
         callback.on_step_end(args, state, control)
@@ -87,7 +88,9 @@ def test_checkpoint_on_signal_saves_then_stops(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
         callback.on_step_end(args, state, control)
         assert control.should_save and control.should_training_stop and callback.received == signal.SIGTERM
-        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait
+        os.kill(os.getpid(), signal.SIGTERM)  # the same interruption by another path (torchrun's agent): once
+        time.sleep(0.6)
+        with pytest.raises(KeyboardInterrupt):  # a second signal after the grace window does not wait
             os.kill(os.getpid(), signal.SIGTERM)
     finally:
         callback.on_train_end(args, state, control)
@@ -104,7 +107,7 @@ def _tiny_trainer(model_dir, output_dir, reward, max_steps, **extra):
     from datasets import Dataset
 
     from trl_smallrl import configs
-    from trl_smallrl.grpo import SmallRLGRPOTrainer
+    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 
     peft_config = extra.pop("peft_config", None)
     args = configs.GRPOConfig(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,7 +103,8 @@ def test_inference_dtype(cpu, monkeypatch, caplog):
 
 
 def test_unknown_cpu_precision_is_one_line(tmp_path):
-    from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments, parse_recipe
+    from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments
+    from trl_smallrl.recipe import parse_recipe
 
     with pytest.raises(ConfigError, match=r"cpu_precision: unknown value 'half'.*Valid values: auto, bf16, fp32"):
         parse_recipe(
@@ -151,8 +153,9 @@ def test_embedded_sft_recipe_trains_in_float32_on_a_cpu_without_bf16(cpu, tiny_m
 
 def test_embedded_recipes_keep_bf16_on_a_cpu_that_has_it(cpu, tiny_model_dir, tmp_path):
     """The other capability answer: the same recipe, parsed and decided as its entry point does, keeps bf16."""
-    from trl_smallrl.configs import SFTConfig, SFTScriptArguments, parse_recipe
+    from trl_smallrl.configs import SFTConfig, SFTScriptArguments
     from trl_smallrl.models import prepare_model_args
+    from trl_smallrl.recipe import parse_recipe
 
     cpu(WITH_BF16)
     _, training_args, model_args = parse_recipe(
@@ -162,3 +165,18 @@ def test_embedded_recipes_keep_bf16_on_a_cpu_that_has_it(cpu, tiny_model_dir, tm
     )
     prepare_model_args(model_args, training_args)
     assert (training_args.bf16, training_args.mixed_precision) == (True, "bf16")
+
+
+def test_gpus_that_torch_cannot_use_are_an_error_not_a_cpu_run(tmp_path, monkeypatch):
+    """nvidia-smi lists a GPU but torch (a CPU build) sees none: refuse instead of training days on the CPU."""
+    from trl_smallrl.configs import GRPOConfig
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA GeForce RTX 3090 (UUID: GPU-0000)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(precision, "accelerator_name", lambda: None)
+    with pytest.raises(ConfigError, match=r"use_cpu: nvidia-smi lists 1 GPU\(s\) \(GPU 0: NVIDIA GeForce RTX 3090"):
+        GRPOConfig(output_dir=str(tmp_path / "out"))
+    assert GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False).use_cpu  # on purpose: fine

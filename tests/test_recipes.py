@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.check_recipes import all_recipes, check_recipe, main
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.recipes import all_recipes, check_recipe, main
 
 HEADER = "# hardware: 4 x RTX 3090 (24 GB)\n# num_processes: {n}\n# gpu_memory_gb: 24\n# memory_per_gpu: x\n# wall_time: x\n"
 

@@ -1,4 +1,4 @@
-"""Hard resets on a real TRL GRPOTrainer with a PEFT adapter on the tiny model."""
+"""Hard resets on a real `SmallRLGRPOTrainer` with a PEFT adapter on the tiny model."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
-from trl import GRPOTrainer
 
 from trl_smallrl.configs import GRPOConfig
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.resets import MERGED_BASE_FILE, STATE_FILE, HardResetCallback, parse_reset_phases
+from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
+from trl_smallrl.models import MERGED_BASE_FILE
+from trl_smallrl.resets import STATE_FILE, HardResetCallback, parse_reset_phases
 
 PROBE_IDS = torch.tensor([[1, 17, 42, 256, 1000, 7, 99, 3]])
 
@@ -41,7 +42,7 @@ def _trainer(model_dir, out, resets, max_steps=5, save_steps=100, **overrides):
         seed=0,
         **overrides,
     )
-    trainer = GRPOTrainer(
+    trainer = SmallRLGRPOTrainer(
         model=model_dir,
         reward_funcs=length_reward,
         args=args,
@@ -276,3 +277,21 @@ def test_output_folder_after_resets_resolves_to_the_trained_policy(reset_run):
     merged = AutoModelForCausalLM.from_pretrained(resolve_model(str(out))).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=PROBE_IDS).logits, _logits(trainer), atol=1e-5, rtol=1e-5)
+
+
+def test_reset_temperature_reaches_the_training_log_probs(reset_run):
+    """TRL fixes the temperature of its fused LM head when the trainer is built; after the reset to T = 0.7 the
+    log-probs the loss uses must be log_softmax(logits / 0.7), not / 1.0."""
+    trainer = reset_run["trainer"]
+    assert trainer.temperature == 0.7
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    mask = torch.ones_like(PROBE_IDS)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(model, PROBE_IDS, mask, PROBE_IDS.size(1) - 1)
+        logits = model(input_ids=PROBE_IDS).logits[:, :-1].float()
+    model.train(was_training)
+    for temperature, close in ((0.7, True), (1.0, False)):
+        expected = torch.log_softmax(logits / temperature, dim=-1).gather(-1, PROBE_IDS[:, 1:, None]).squeeze(-1)
+        assert torch.allclose(logps, expected, atol=1e-4) == close, temperature

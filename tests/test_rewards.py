@@ -156,3 +156,17 @@ def test_unknown_reward_lists_the_valid_names():
         get_reward_funcs(["cosin"])
     with pytest.raises(ConfigError, match="cosine_max_len"):
         get_reward_funcs(["cosine"], cosine_max_len=0)
+
+
+def test_soft_overlong_follows_the_completion_budget_unless_set():
+    from trl_smallrl.rewards import follow_completion_budget
+
+    ids = [[0] * 45]
+    following = get_reward_funcs(["soft_overlong", "format"], max_completion_length=100, overlong_cache=10)
+    fixed = get_reward_funcs(["soft_overlong"], max_completion_length=100, overlong_max_len=100, overlong_cache=10)
+    assert following[0](completion_ids=ids) == [0.0] == fixed[0](completion_ids=ids)
+    follow_completion_budget(following, 50)  # a reset lowers max_completion_length to 50
+    follow_completion_budget(fixed, 50)
+    assert following[0](completion_ids=ids) == [pytest.approx(-0.5)]  # 45 tokens: halfway into the 40-50 band
+    assert following[0].__name__ == "soft_overlong" and following[1].__name__ == "format"
+    assert fixed[0](completion_ids=ids) == [0.0]  # the recipe's own L_max stays

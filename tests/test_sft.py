@@ -114,3 +114,39 @@ def test_full_fine_tuning_writes_a_full_model(tmp_path, tiny_model_dir):
     assert not hasattr(trainer.model, "peft_config")
     assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
     assert resolve_model(str(tmp_path / "out")) == str((tmp_path / "out").resolve())
+
+
+@pytest.mark.slow
+def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_path):
+    """The run loop SFT shares with GRPO: SIGTERM saves a checkpoint and exits 143; `last` resumes it exactly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    traces, out = _write_traces(tmp_path / "traces.jsonl"), tmp_path / "out"
+    argv = _argv(tiny_model_dir, traces, out, "--save_strategy", "steps", "--save_steps", "2")
+    argv[argv.index("--max_steps") + 1] = "40"
+    command = [sys.executable, "-m", "trl_smallrl.sft", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    log, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, log[-3000:]
+    stopped_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert 2 <= stopped_at < 40
+    assert (
+        json.loads((out / f"checkpoint-{stopped_at}" / "trainer_state.json").read_text())["global_step"] == stopped_at
+    )
+
+    result = subprocess.run(
+        command + ["--resume_from_checkpoint", "last"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{stopped_at}'}" in result.stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 41))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from trl_smallrl.data_tools import traces_main
+from trl_smallrl.generation import SamplingSettings, sample
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves import write_trace
-from trl_smallrl.teacher import SamplingSettings, keep_verified, sample_completions
+from trl_smallrl.teacher import keep_verified
 
 SETTINGS = SamplingSettings(num_samples=3, max_new_tokens=12, temperature=1.0, batch_size=2, seed=0)
 
@@ -16,20 +17,11 @@ def _rows(n=3):
     return get_task("kk").generate_rows(level=2, size=n, seed=0)
 
 
-def test_teacher_samples_k_completions_per_prompt(tiny_model_dir):
-    rows = _rows()
-    completions = sample_completions(tiny_model_dir, [row["prompt"] for row in rows], SETTINGS)
-    assert len(completions) == len(rows) and all(len(samples) == 3 for samples in completions)
-    assert all(isinstance(text, str) for samples in completions for text in samples)
-    # Sampled, not greedy: a random model's three samples of one prompt are not all the same.
-    assert any(len(set(samples)) > 1 for samples in completions)
-    # Completions only: the prompt text is not echoed back.
-    assert not any(rows[0]["prompt"][-1]["content"][:40] in text for text in completions[0])
-
-
 def test_rejection_sampling_keeps_only_verified_traces(tiny_model_dir):
     task, rows = get_task("kk"), _rows()
-    generated = sample_completions(tiny_model_dir, [row["prompt"] for row in rows], SETTINGS)
+    generated = [
+        [c.text for c in samples] for samples in sample(tiny_model_dir, [r["prompt"] for r in rows], SETTINGS)
+    ]
     # Real generated completions (all wrong: a random model) mixed with the solver's correct trace for rows 0
     # and 2 (twice for row 0, to check duplicates are kept once); row 1 gets row 0's well-formed trace: wrong.
     correct = [write_trace(row) for row in rows]

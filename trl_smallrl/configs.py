@@ -1,139 +1,34 @@
-"""Recipe parsing: YAML recipes plus command-line overrides, into TRL's config dataclasses and ours.
+"""Every recipe key trl-smallrl adds: the dataclasses a recipe is parsed into (`recipe.parse_recipe`).
 
-A recipe is one flat YAML mapping, as in open-r1; each key belongs to exactly one of the dataclasses that
-an entry point parses (TRL's `ModelConfig` and training config, and our argument classes). TRL's own
-`TrlParser` does the parsing; this module adds the one-line errors a user needs (which key, which file,
-what was meant), and the copy of the resolved recipe that is saved beside each run with secrets removed.
+A recipe is one flat YAML mapping, as in open-r1; each key belongs to exactly one dataclass that an entry point
+parses: TRL's `ModelConfig`, our subclasses of TRL's training configs (`GRPOConfig`, `SFTConfig`), and the
+argument classes of the data (`DataArguments` and its GRPO and SFT extensions) and of evaluation
+(`EvalArguments`). Each validates its own fields in `__post_init__`, so a mistake fails at parse time with one
+line that names the field, before any model loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-import os
-import re
-import sys
-from collections.abc import Sequence
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trl
 
-from trl_smallrl.errors import ConfigError
+from trl_smallrl.curriculum import validate_curriculum_args
+from trl_smallrl.errors import ConfigError, unknown_name
+from trl_smallrl.precision import CPUPrecisionArguments, use_cpu_without_accelerator
+from trl_smallrl.resets import parse_reset_phases
 
-_SECRET_KEY = re.compile(r"(^|_)token$|secret|password|api_?key|credential", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40})\b")
-REDACTED = "<redacted>"
-
-
-def _field_names(dataclass_types: Sequence[type]) -> list[str]:
-    return sorted({f.name for cls in dataclass_types for f in dataclasses.fields(cls)})
+# Counts a training run divides by or loops over: 0 or less fails deep inside TRL (a ZeroDivisionError).
+TRAINING_COUNTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
 
 
-def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
-    """Parse `--config recipe.yaml` and command-line overrides into instances of `dataclass_types`.
-
-    Unknown keys, in the recipe or on the command line, raise `ConfigError` naming the key, the file and
-    the closest known key, instead of TRL's generic message.
-    """
-    from trl import TrlParser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        index = argv.index("--config")
-        if index + 1 >= len(argv):
-            raise ConfigError(
-                "--config: missing the recipe path; use `--config recipes/<model>/<method>/<name>.yaml`."
-            )
-        recipe = Path(argv[index + 1])
-        if not recipe.is_file():
-            raise ConfigError(f"--config: the recipe {str(recipe)!r} does not exist; see the recipes/ folder.")
-    else:
-        recipe = None
-
-    known = _field_names(dataclass_types)
-    parser = TrlParser(dataclass_types)
-    try:
-        *parsed, config_rest, cli_rest = parser.parse_args_and_config(
-            argv, return_remaining_strings=True, separate_remaining_strings=True
-        )
-    except SystemExit as err:  # argparse already printed what was wrong with a value
-        raise ConfigError("command line: see the message above; `--help` lists every option.") from err
-    except ValueError as err:  # a config's own validation (TRL's or ours) rejected a combination
-        raise ConfigError(f"{f'recipe {recipe}' if recipe else 'command line'}: {err}") from err
-    for source, rest in ((f"recipe {recipe}", config_rest), ("command line", cli_rest)):
-        keys = [item[2:].split("=")[0] for item in rest if item.startswith("--")]
-        if keys or rest:
-            key = keys[0] if keys else rest[0]
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else " `--help` lists every option."
-            raise ConfigError(f"{source}: unknown key {key!r}.{hint}")
-    return tuple(parsed)
-
-
-def redact_secrets(value):
-    """`value` with secrets replaced: values under secret-looking keys, and token-shaped strings anywhere."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v else redact_secrets(v)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_secrets(v) for v in value]
-    if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
-    return value
-
-
-def resolved_config(*configs) -> dict:
-    """One flat mapping of every field of the given dataclasses, as JSON-safe values, secrets removed."""
-    merged: dict = {}
-    for config in configs:
-        for config_field in dataclasses.fields(config):
-            value = getattr(config, config_field.name)
-            merged[config_field.name] = json.loads(json.dumps(value, default=str))
-    return redact_secrets(merged)
-
-
-def save_resolved_config(output_dir: str | os.PathLike, *configs, name: str = "smallrl_config.json") -> Path:
-    """Write the resolved recipe beside the run (atomically), so a run says exactly how it was made."""
-    path = Path(output_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(resolved_config(*configs), indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
-
-
-def use_cpu_without_accelerator(config) -> None:
-    """Let a recipe run unchanged on a machine without a GPU.
-
-    TRL's configs default to bf16, which transformers refuses on CPU unless `use_cpu` is set. We set `use_cpu`
-    here, before TRL validates the config; whether bf16 then stays on is decided at launch from the processor
-    (`precision.decide_training_precision`: only where the CPU runs bf16 natively).
-    """
-    from trl_smallrl.precision import accelerator_name
-
-    if not config.use_cpu and accelerator_name() is None:
-        config.use_cpu = True
-
-
-@dataclass
-class CPUPrecisionArguments:
-    """How a training run on a CPU treats the recipe's bf16 (see `trl_smallrl.precision`)."""
-
-    cpu_precision: str = field(
-        default="auto",
-        metadata={
-            "help": "On a CPU: auto (bf16 only where the processor runs it natively, else float32) | bf16 (keep the "
-            "recipe's bf16 even where it is emulated, much slower) | fp32. A GPU always keeps the recipe's choice."
-        },
-    )
-
-    def validate_cpu_precision(self) -> None:
-        from trl_smallrl.errors import unknown_name
-        from trl_smallrl.precision import CPU_PRECISIONS
-
-        if self.cpu_precision not in CPU_PRECISIONS:
-            raise unknown_name("cpu_precision", self.cpu_precision, CPU_PRECISIONS)
+def require_positive(config, *names: str) -> None:
+    """One line for a count that must be at least 1 (None, where a field allows it, is left alone)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: {value} must be at least 1; fix it in the recipe or on the command line.")
 
 
 @dataclass
@@ -178,8 +73,11 @@ class DataArguments(trl.ScriptArguments):
     )
 
     def __post_init__(self):
-        from trl_smallrl.curriculum import validate_curriculum_args
-
+        if not isinstance(self.levels, list | tuple):
+            raise ConfigError(f"levels: {self.levels!r} must be a list of levels, e.g. levels: [{self.levels}].")
+        for name in ("train_size", "eval_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} rows per level; use 0 or more.")
         validate_curriculum_args(self)
 
 
@@ -212,8 +110,22 @@ class GRPOScriptArguments(DataArguments):
         default=0.05, metadata={"help": "language: share of the prompt's letters that makes a script allowed."}
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        for name in (
+            "cosine_min_value_wrong",
+            "cosine_max_value_wrong",
+            "cosine_min_value_correct",
+            "cosine_max_value_correct",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}: {getattr(self, name)} is not a finite reward; use a number such as -1.0.")
+        require_positive(self, "cosine_max_len")
+
 
 DYNAMIC_SAMPLING_MODES = ("none", "mask", "resample")
+# Loss types that average over sequences (rows) rather than over tokens: a masked row must leave their mean.
+ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
 COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
 
 
@@ -255,18 +167,27 @@ class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
     def __post_init__(self):
         use_cpu_without_accelerator(self)
         self.validate_cpu_precision()
-        from trl_smallrl.errors import unknown_name
-
         if self.dynamic_sampling not in DYNAMIC_SAMPLING_MODES:
             raise unknown_name("dynamic_sampling", self.dynamic_sampling, DYNAMIC_SAMPLING_MODES)
         if self.collapse_action not in COLLAPSE_ACTIONS:
             raise unknown_name("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
         if self.dynamic_sampling_max_tries < 0:
             raise ConfigError(f"dynamic_sampling_max_tries: {self.dynamic_sampling_max_tries} must be >= 0.")
-        from trl_smallrl.resets import parse_reset_phases
-
         parse_reset_phases(self.resets)  # a mistake in a phase fails at parse time, not at the reset
+        require_positive(self, *TRAINING_COUNTS, "num_generations", "max_completion_length")
         super().__post_init__()
+        per_rank = self.per_device_train_batch_size * self.steps_per_generation
+        if self.dynamic_sampling == "resample" and per_rank % self.num_generations:
+            raise ConfigError(
+                f"dynamic_sampling: resample needs whole groups on each process, but per_device_train_batch_size * "
+                f"steps_per_generation = {per_rank} is not a multiple of num_generations = {self.num_generations}; "
+                "change one of them."
+            )
+        if self.dynamic_sampling == "mask" and self.loss_type in ROW_MEAN_LOSSES and self.entropy_coef:
+            raise ConfigError(
+                f"dynamic_sampling: mask with loss_type {self.loss_type!r} rescales the whole loss, which would also "
+                "rescale the entropy bonus; set entropy_coef: 0 or use loss_type: dapo (token-normalized)."
+            )
 
 
 @dataclass
@@ -289,6 +210,7 @@ class SFTConfig(CPUPrecisionArguments, trl.SFTConfig):
     def __post_init__(self):
         use_cpu_without_accelerator(self)
         self.validate_cpu_precision()
+        require_positive(self, *TRAINING_COUNTS, "max_length")
         super().__post_init__()
 
 
@@ -329,8 +251,6 @@ class EvalArguments:
     )
 
     def __post_init__(self):
-        from trl_smallrl.errors import unknown_name
-
         if not self.eval_models:
             raise ConfigError("eval_models: no model given; name at least one (e.g. smollm2-135m-instruct).")
         if self.eval_num_samples < 1:

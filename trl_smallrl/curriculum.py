@@ -1,16 +1,16 @@
 """A self-advancing curriculum over task levels (K&K: 2 -> 3 -> 4 -> 5 -> 6 people) inside one GRPO run.
 
 Why: a 0.5B model trained on a 3-7 people mix from the start stays at the minimum reward, while a manual
-2 -> 6 curriculum, reloading checkpoints between stages, trains (Logic-RL practitioners; see DESIGN.md).
+2 -> 6 curriculum, reloading checkpoints between stages, trains (Logic-RL practitioners).
 Here the run starts at the first level and moves up when the rolling accuracy over the last `window`
 prompts of the current level reaches `threshold`, or after `max_steps_per_level` steps; `replay_fraction`
 keeps drawing prompts from the levels already passed. "mixed" draws every level equally from the start
 (the Logic-RL setup, for comparison).
 
 Every process must agree on the level at every step, or the prompt groups of one step would differ between
-ranks: `record_across_ranks` gathers the per-prompt statistics of all ranks before the curriculum sees them
-and then broadcasts rank 0's state as a guard. The state (level, windows, RNG, draw positions, start steps)
-goes into each checkpoint through `state_dict` / `load_state_dict`.
+ranks: the trainer gathers the per-prompt statistics of all ranks, and `record_gathered` records them and then
+broadcasts rank 0's state as a guard. The state (level, windows, RNG, draw positions, start steps) goes into
+each checkpoint through `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 from torch.utils.data import Sampler
 
+from trl_smallrl import atomic
 from trl_smallrl.errors import ConfigError, unknown_name
 
 MODES = ("sequential", "mixed", "off")
@@ -186,14 +187,19 @@ class Curriculum:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
 
+    def record_gathered(self, levels: Sequence[int], correct: Sequence[float], step: int) -> bool:
+        """`record` the statistics gathered from every rank, then take rank 0's state on every rank.
+
+        Call it on every rank at the same step with the same gathered lists; the broadcast is a guard, so that a
+        rank that drifted (a different float sum, a different RNG call) still continues from rank 0's decision.
+        """
+        advanced = self.record(levels, correct, step)
+        broadcast_from_rank0(self)
+        return advanced
+
     def save(self, folder) -> str:
         """Write the state into a checkpoint folder atomically; returns the file path."""
-        path = os.path.join(folder, STATE_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.state_dict(), handle)
-        os.replace(tmp, path)
-        return path
+        return str(atomic.write_json(os.path.join(folder, STATE_FILE), self.state_dict()))
 
     def load(self, folder) -> bool:
         """Restore the state saved in a checkpoint folder; False when the folder has none."""
@@ -217,28 +223,6 @@ def _distributed():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
-
-
-def gather_across_ranks(values: list) -> list:
-    """Concatenate a list from every rank, in rank order (identity in a single process)."""
-    dist = _distributed()
-    if dist is None:
-        return list(values)
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, list(values))
-    return [value for part in gathered for value in part]
-
-
-def record_across_ranks(curriculum: Curriculum, levels: Sequence[int], correct: Sequence[float], step: int) -> bool:
-    """`curriculum.record` with the statistics of all ranks, then rank 0's state broadcast to every rank.
-
-    Call it on every rank at the same step with that rank's own per-prompt levels and correctness.
-    """
-    all_levels = gather_across_ranks([int(level) for level in levels])
-    all_correct = gather_across_ranks([float(value) for value in correct])
-    advanced = curriculum.record(all_levels, all_correct, step)
-    broadcast_from_rank0(curriculum)
-    return advanced
 
 
 def broadcast_from_rank0(curriculum: Curriculum) -> None:

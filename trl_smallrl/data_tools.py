@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from trl_smallrl.errors import ConfigError, exit_on_config_error
-from trl_smallrl.tasks import Task, build_rows, get_task, load_records, rows_from_records
-from trl_smallrl.tasks.knights_knaves import write_trace
-
-# Tasks whose solver writes a step-by-step trace from the row alone.
-SOLVER_TRACES: dict[str, Callable[[dict[str, Any]], str]] = {"knights_knaves": write_trace}
+from trl_smallrl import atomic
+from trl_smallrl.configs import DataArguments
+from trl_smallrl.errors import ConfigError, entry_point
+from trl_smallrl.generation import SamplingSettings
+from trl_smallrl.tasks import TASKS, Task, build_rows, get_task, read_file_records, rows_from_records
+from trl_smallrl.teacher import teacher_traces
 
 
 def parse_levels(text: str) -> list[int]:
@@ -39,22 +39,21 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    root, extension = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{extension}"
-    write(tmp)
-    os.replace(tmp, path)
+def _write_out(path: str, write) -> None:
+    """Write `--out` atomically; a folder that cannot be written is one line, not a traceback."""
+    try:
+        atomic.write_file(path, write)
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write {path!r} ({err.strerror or err}); choose a writable path.") from None
 
 
 def write_jsonl(path: str, lines: Sequence[dict[str, Any]]) -> None:
-    def write(tmp: str) -> None:
+    def write(tmp) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             for line in lines:
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
 
-    _write_atomic(path, write)
+    _write_out(path, write)
 
 
 def write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -65,14 +64,12 @@ def write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
     elif extension == ".parquet":
         import datasets
 
-        _write_atomic(path, lambda tmp: datasets.Dataset.from_list(list(rows)).to_parquet(tmp))
+        _write_out(path, lambda tmp: datasets.Dataset.from_list(list(rows)).to_parquet(str(tmp)))
     else:
         raise ConfigError(f"--out: {path!r} has an unknown extension; use .jsonl or .parquet.")
 
 
 def _data_args(task: str, levels: list[int], size: int, seed: int, system_prompt: str | None):
-    from trl_smallrl.configs import DataArguments
-
     return DataArguments(
         task=task, levels=levels, train_size=size, eval_size=size, task_seed=seed, system_prompt=system_prompt
     )
@@ -81,7 +78,9 @@ def _data_args(task: str, levels: list[int], size: int, seed: int, system_prompt
 def _file_rows(task: Task, path: str, system_prompt: str | None = None) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         raise ConfigError(f"--dataset: {path!r} does not exist; give a .jsonl, .json or .parquet file.")
-    return rows_from_records(task, load_records(path), levels=None, system_prompt=system_prompt)
+    return rows_from_records(
+        task, read_file_records(path, field="--dataset"), levels=None, system_prompt=system_prompt
+    )
 
 
 def _quiet_progress_bars() -> None:
@@ -103,7 +102,7 @@ def _generation_arguments(parser: argparse.ArgumentParser, required: bool) -> No
     parser.add_argument("--split", choices=("train", "eval"), default="train")
 
 
-@exit_on_config_error
+@entry_point
 def data_main(argv: Sequence[str] | None = None) -> None:
     """smallrl-data: generate rows of a task and write them to jsonl or parquet."""
     parser = argparse.ArgumentParser(prog="smallrl-data", description=data_main.__doc__)
@@ -120,11 +119,13 @@ def data_main(argv: Sequence[str] | None = None) -> None:
 
 def solver_traces(task: Task, rows: Sequence[dict[str, Any]]) -> list[str]:
     """The task's own solver traces, one per row, in order."""
-    if task.name not in SOLVER_TRACES:
+    if not task.writes_traces:
+        solvers = [name for name, task_class in TASKS.items() if task_class.writes_traces]
         raise ConfigError(
-            f"--task: {task.name!r} has no solver traces; tasks with a solver: {', '.join(SOLVER_TRACES)}."
+            f"--task: {task.name!r} has no solver traces; tasks with a solver: {', '.join(solvers)} "
+            "(for the others, sample verified traces with --teacher MODEL)."
         )
-    return [SOLVER_TRACES[task.name](row) for row in rows]
+    return [task.write_trace(row) for row in rows]
 
 
 def conversations(rows: Sequence[dict[str, Any]], traces: Sequence[str]) -> list[dict[str, Any]]:
@@ -134,7 +135,7 @@ def conversations(rows: Sequence[dict[str, Any]], traces: Sequence[str]) -> list
     ]
 
 
-@exit_on_config_error
+@entry_point
 def traces_main(argv: Sequence[str] | None = None) -> None:
     """smallrl-traces: write SFT conversations (system, user, assistant trace), one line a puzzle."""
     parser = argparse.ArgumentParser(prog="smallrl-traces", description=traces_main.__doc__)
@@ -164,8 +165,6 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
         data_args = _data_args(args.task, parse_levels(args.levels), args.size, args.seed, args.system_prompt)
         rows = build_rows(data_args, args.split)
     if args.teacher is not None:
-        from trl_smallrl.teacher import SamplingSettings, teacher_traces
-
         settings = SamplingSettings(
             args.samples, args.max_new_tokens, args.temperature, seed=args.seed, dtype=args.dtype
         )
@@ -190,7 +189,9 @@ def read_completions(path: str, num_rows: int) -> list[tuple[int, str]]:
                 continue
             try:
                 item = json.loads(line)
-                index, completion = int(item["index"]), item["completion"]
+                index, completion = item["index"], item["completion"]
+                if type(index) is not int or not isinstance(completion, str):  # not 1.7, not true
+                    raise TypeError
             except (ValueError, KeyError, TypeError):
                 raise ConfigError(
                     f'--completions: line {number} of {path} is not {{"index": i, "completion": "..."}}.'
@@ -226,7 +227,7 @@ def accuracy_report(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@exit_on_config_error
+@entry_point
 def score_main(argv: Sequence[str] | None = None) -> None:
     """smallrl-score: score completions made elsewhere with the task's verifier; print accuracy per level."""
     parser = argparse.ArgumentParser(prog="smallrl-score", description=score_main.__doc__)

@@ -17,10 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trl_smallrl.configs import DataArguments, EvalArguments, parse_recipe
-from trl_smallrl.errors import ConfigError, exit_on_config_error
-from trl_smallrl.models import hub_id_of, resolve_model
-from trl_smallrl.precision import inference_dtype
+from trl_smallrl import atomic
+from trl_smallrl.completions import has_strict_format
+from trl_smallrl.configs import DataArguments, EvalArguments
+from trl_smallrl.errors import ConfigError, entry_point
+from trl_smallrl.generation import Completion, SamplingSettings, sample
+from trl_smallrl.models import public_model_id
+from trl_smallrl.recipe import parse_recipe
+from trl_smallrl.tasks import build_dataset, get_task
 
 ALL_LEVELS = "all"
 
@@ -61,92 +65,38 @@ def _model_specs(models: Sequence[str]) -> list[tuple[str, str]]:
     return specs
 
 
-def load_for_generation(name: str, dtype: str = "auto"):
-    """Model and left-padding tokenizer for `name`, resolved as every entry point resolves models."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(name, field="eval_models")  # an adapter folder resolves to its float32 merge
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(dtype))
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return model, tokenizer
-
-
-def generate(model, tokenizer, prompts: Sequence[list[dict]], args: EvalArguments) -> list[list[dict[str, Any]]]:
-    """`args.eval_num_samples` sampled completions per conversational prompt, with their token counts.
-
-    Each completion is `{"text", "length", "truncated"}`; `length` counts tokens up to and including the
-    end-of-sequence token, `truncated` says the completion hit `eval_max_new_tokens` before ending.
-    """
-    import torch
-    from transformers import GenerationConfig
-
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
-    config = GenerationConfig(
-        do_sample=args.eval_temperature > 0,
-        temperature=args.eval_temperature if args.eval_temperature > 0 else None,
-        top_p=args.eval_top_p if args.eval_temperature > 0 else None,
-        top_k=0,  # no top-k cut (transformers' default is 50): sample as TRL's GRPO generation does
+def sampling_settings(args: EvalArguments) -> SamplingSettings:
+    """The eval recipe's sampling fields as the generation backend's settings."""
+    return SamplingSettings(
+        num_samples=args.eval_num_samples,
         max_new_tokens=args.eval_max_new_tokens,
-        num_return_sequences=args.eval_num_samples,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(eos_ids),
+        temperature=args.eval_temperature,
+        top_p=args.eval_top_p,
+        batch_size=args.eval_generation_batch_size,
+        seed=args.eval_sampling_seed,
+        dtype=args.eval_dtype,
     )
-    from tqdm.auto import tqdm
-
-    results = []
-    starts = range(0, len(prompts), args.eval_generation_batch_size)
-    for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 2):
-        batch = prompts[start : start + args.eval_generation_batch_size]
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**inputs, generation_config=config)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        for row_index in range(len(batch)):
-            samples = []
-            for ids in new_tokens[row_index * args.eval_num_samples : (row_index + 1) * args.eval_num_samples]:
-                end = next((i + 1 for i, token in enumerate(ids) if token in eos_ids), None)
-                kept = ids if end is None else ids[:end]
-                samples.append(
-                    {
-                        "text": tokenizer.decode(kept, skip_special_tokens=True),
-                        "length": len(kept),
-                        "truncated": end is None,
-                    }
-                )
-            results.append(samples)
-    return results
 
 
-def score_samples(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict]:
+def score_samples(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[Completion]]) -> list[dict]:
     """One record per row: its level, and per sample whether it is correct and in the strict format.
 
     Correct means the task's verifier gives full credit (1.0); the format check is the strict `format`
-    reward the GRPO recipes train with, so the eval's format rate is the training format reward's mean.
+    reward's (`completions.has_strict_format`), so the eval's format rate is that reward's mean.
     """
-    from trl_smallrl.rewards import get_reward_funcs
-    from trl_smallrl.tasks import get_task
-
-    (strict_format,) = get_reward_funcs(["format"])
     records = []
     for row, row_samples in zip(rows, samples, strict=True):
         fields = {key: value for key, value in row.items() if key != "prompt"}
         task = get_task(row["task"])
-        texts = [sample["text"] for sample in row_samples]
+        texts = [completion.text for completion in row_samples]
         records.append(
             {
                 "level": int(row["level"]),
                 "answer": row.get("answer"),
                 "correct": [task.score(text, fields) >= 1.0 for text in texts],
-                "formatted": [score >= 1.0 for score in strict_format(completions=texts)],
-                "lengths": [sample["length"] for sample in row_samples],
-                "truncated": [sample["truncated"] for sample in row_samples],
+                "formatted": [has_strict_format(text) for text in texts],
+                "lengths": [completion.length for completion in row_samples],
+                "truncated": [completion.truncated for completion in row_samples],
                 "texts": texts,
             }
         )
@@ -210,19 +160,12 @@ def results_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_result(result: Mapping[str, Any], output_dir: str | os.PathLike) -> tuple[Path, Path]:
     """results.json and results.md in `output_dir`, each written atomically."""
     output_dir = Path(output_dir)
     json_path, table_path = output_dir / "results.json", output_dir / "results.md"
-    _write_atomic(json_path, json.dumps(result, indent=2))
-    _write_atomic(table_path, results_table(result))
+    atomic.write_json(json_path, result, indent=2)
+    atomic.write_text(table_path, results_table(result))
     return json_path, table_path
 
 
@@ -232,14 +175,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     The result is rewritten after each model, so a long comparison killed midway keeps the models done.
     Every model's completions go to `completions/<label>.jsonl` for reading what the model wrote.
     """
-    import gc
-
-    import torch
-
     specs = _model_specs(eval_args.eval_models)
     if rows is None:
-        from trl_smallrl.tasks import build_dataset
-
         rows = list(build_dataset(data_args, "eval"))
     if not rows:
         raise ConfigError("eval_size: the eval split is empty; set eval_size > 0 or give a dataset_name with rows.")
@@ -260,24 +197,21 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
         "models": [],
     }
     output_dir = Path(eval_args.eval_output_dir)
+    settings = sampling_settings(eval_args)  # the same seed for every model: they draw from the same stream
     for label, name in specs:
         started = time.perf_counter()
-        model, tokenizer = load_for_generation(name, eval_args.eval_dtype)
-        torch.manual_seed(eval_args.eval_sampling_seed)  # every model draws from the same sampler stream
-        samples = generate(model, tokenizer, [row["prompt"] for row in rows], eval_args)
+        samples = sample(name, [row["prompt"] for row in rows], settings, field="eval_models")
         records = score_samples(rows, samples)
-        del model
-        gc.collect()
         completions = "".join(
             json.dumps({key: record[key] for key in ("level", "answer", "texts", "correct", "formatted")}) + "\n"
             for record in records
         )
-        _write_atomic(output_dir / "completions" / f"{label}.jsonl", completions)
+        atomic.write_text(output_dir / "completions" / f"{label}.jsonl", completions)
         result["models"].append(
             {
                 "label": label,
                 "model": name,
-                "base_model": hub_id_of(name),
+                "base_model": public_model_id(name),
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "levels": summarize(records, eval_args.eval_k),
             }
@@ -286,7 +220,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     return result
 
 
-@exit_on_config_error
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-eval --config recipes/.../eval/<name>.yaml [--eval_models base=... grpo=outputs/grpo]`."""
     data_args, eval_args = parse_recipe((DataArguments, EvalArguments), argv)

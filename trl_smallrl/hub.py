@@ -1,12 +1,10 @@
-"""Share a run on the Hugging Face Hub: the adapter (or the merged model) with a model card that explains it.
+"""Share a run on the Hugging Face Hub: the adapter (or the merged model) with its model card (`model_card`).
 
-The card is generated from what the run wrote: the base model's public id (the Hub id behind the embedded
-alias, not a cache path), the recipe, the rewards and their weights, the curriculum's history, the eval
-table of `smallrl-eval` and the plots of `smallrl-plot`. Only an allow-list of files is uploaded (weights,
-tokenizer, card, plots, the redacted config and the trainer state), never `training_args.bin`, optimizer
-states or checkpoints. A dry run writes exactly the folder that would be uploaded; the upload sends that
-folder. The token is read by `huggingface_hub` itself (HF_TOKEN or `hf auth login`): it is never an argument,
-and every folder is checked for it before it is written out or uploaded.
+Only an allow-list of files is uploaded (weights, tokenizer, card, plots, the redacted config and the trainer
+state), never `training_args.bin`, optimizer states or checkpoints. A dry run writes exactly the folder that
+would be uploaded; the upload sends that folder. The token is read by `huggingface_hub` itself (HF_TOKEN or
+`hf auth login`): it is never an argument, and every folder is checked for it before it is written out or
+uploaded.
 """
 
 from __future__ import annotations
@@ -16,15 +14,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from trl_smallrl.configs import redact_secrets
-from trl_smallrl.errors import ConfigError, exit_on_config_error
-from trl_smallrl.models import EMBEDDED_MODELS, MERGED_SUBDIR, cache_root, hub_id_of, merged_adapter_path
+from trl_smallrl import atomic
+from trl_smallrl.errors import ConfigError, entry_point
+from trl_smallrl.evaluation import results_table
+from trl_smallrl.model_card import build_model_card, eval_results, recipe_yaml
+from trl_smallrl.models import is_hub_id, merged_adapter_path, model_lineage, public_model_id
+from trl_smallrl.plots import load_log_history, plot_pass_at_k, plot_run
+from trl_smallrl.redaction import redact_secrets
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json")
@@ -39,63 +38,6 @@ TOKENIZER_PATTERNS = (
     "merges.txt",
 )
 CONFIG_FILE = "smallrl_config.json"
-# The settings a reader of the card wants first, when the run's recipe file is not given.
-KEY_SETTINGS = (
-    "model_name_or_path",
-    "task",
-    "levels",
-    "curriculum",
-    "curriculum_threshold",
-    "reward_funcs",
-    "reward_weights",
-    "learning_rate",
-    "max_steps",
-    "num_train_epochs",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "num_generations",
-    "max_completion_length",
-    "temperature",
-    "beta",
-    "loss_type",
-    "epsilon",
-    "epsilon_high",
-    "dynamic_sampling",
-    "use_peft",
-    "lora_r",
-    "lora_alpha",
-    "lora_target_modules",
-    "seed",
-)
-
-
-def public_model_id(name_or_path: str) -> str:
-    """The id a reader can load: the Hub id of an embedded alias or of its converted cache folder."""
-    path = Path(str(name_or_path)).expanduser()
-    if path.name in EMBEDDED_MODELS and path.parent.resolve() == (cache_root() / "models").resolve():
-        return hub_id_of(path.name)
-    return hub_id_of(str(name_or_path))
-
-
-def model_lineage(name_or_path: str) -> tuple[str, list[str]]:
-    """(public id of the model a chain of runs began with, the adapter runs merged on top of it, oldest first).
-
-    A GRPO recipe that starts from an SFT run trains on `<sft run>/merged-float32` (`models.merged_adapter_path`),
-    a folder of this machine. Following each merged folder to its adapter's base leads back to the model the
-    chain began with, which is what a card should name for a merged upload.
-    """
-    path, stages = Path(str(name_or_path)).expanduser(), []
-    while path.name == MERGED_SUBDIR and (path.parent / "adapter_config.json").is_file():
-        base = _read_json(path.parent / "adapter_config.json").get("base_model_name_or_path")
-        if not base:
-            break
-        stages.insert(0, path.parent.name)
-        path = Path(str(base)).expanduser()
-    return public_model_id(str(path)), stages
-
-
-def _is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
 def _read_json(path: Path) -> dict:
@@ -108,134 +50,6 @@ def _run_config(run_dir: Path) -> dict:
     if not config and run_dir.name.startswith("checkpoint-"):
         config = _read_json(run_dir.parent / CONFIG_FILE)
     return config
-
-
-def curriculum_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each curriculum level with the step it started at and its last rolling accuracy, from the logs."""
-    history: list[dict[str, Any]] = []
-    for entry in log_history:
-        level = entry.get("curriculum/level")
-        if level is not None and (not history or history[-1]["level"] != int(level)):
-            history.append({"level": int(level), "start_step": entry.get("step")})
-    for item in history:
-        key = f"curriculum/accuracy_level_{item['level']}"
-        values = [entry[key] for entry in log_history if key in entry]
-        item["last_accuracy"] = values[-1] if values else None
-    return history
-
-
-def _rewards_table(config: Mapping[str, Any], log_history: Sequence[Mapping[str, Any]]) -> str:
-    names = config.get("reward_funcs") or sorted(
-        {
-            key.split("/")[1]
-            for entry in log_history
-            for key in entry
-            if key.startswith("rewards/") and key.count("/") == 2
-        }
-    )
-    if not names:
-        return ""
-    weights = config.get("reward_weights") or [1.0] * len(names)
-    lines = ["| reward | weight | last logged mean |", "|---|---:|---:|"]
-    for name, weight in zip(names, weights):
-        values = [entry[f"rewards/{name}/mean"] for entry in log_history if f"rewards/{name}/mean" in entry]
-        lines.append(f"| {name} | {weight:g} | {f'{values[-1]:.3f}' if values else '-'} |")
-    params = {k: v for k, v in config.items() if k.startswith(("cosine_", "overlong_", "repetition_", "language_"))}
-    if params:
-        lines.append("")
-        lines.append("Reward parameters: " + ", ".join(f"`{k}={v}`" for k, v in sorted(params.items())) + ".")
-    return "\n".join(lines)
-
-
-def _recipe_yaml(config: Mapping[str, Any], recipe: str | os.PathLike | None, base_model: str) -> str:
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(
-                f"--recipe: {str(path)!r} does not exist; give the YAML recipe the run was trained with."
-            )
-        loaded = yaml.safe_load(path.read_text()) or {}
-        return yaml.safe_dump(redact_secrets(loaded), sort_keys=False)
-    selected = {key: config[key] for key in KEY_SETTINGS if key in config}
-    if "model_name_or_path" in selected:
-        selected["model_name_or_path"] = base_model if _is_hub_id(base_model) else f"(local) {Path(base_model).name}"
-    return yaml.safe_dump(redact_secrets(selected), sort_keys=False) if selected else ""
-
-
-def build_model_card(
-    *,
-    title: str,
-    base_model: str,
-    merged: bool,
-    config: Mapping[str, Any],
-    lineage: tuple[str, Sequence[str]] | None = None,
-    log_history: Sequence[Mapping[str, Any]],
-    recipe_yaml: str,
-    eval_table: str | None,
-    plot_files: Sequence[str],
-) -> str:
-    """The README.md of the upload: Hub metadata, how to load it, recipe, rewards, curriculum, eval, plots."""
-    from huggingface_hub import ModelCardData
-
-    grpo = bool(config.get("reward_funcs")) or any("reward" in entry for entry in log_history)
-    method = "GRPO" if grpo else "SFT"
-    on_hub = _is_hub_id(base_model)
-    metadata = ModelCardData(
-        base_model=base_model if on_hub else None,
-        library_name="transformers" if merged else "peft",
-        pipeline_tag="text-generation",
-        tags=["trl", "trl-smallrl", method.lower(), "reasoning", *([] if merged else ["lora"])],
-    )
-    base_text = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else "a local model (not on the Hub)"
-    loading = (
-        f'model = AutoModelForCausalLM.from_pretrained("{title}")'
-        if merged
-        else f'model = AutoPeftModelForCausalLM.from_pretrained("{title}")  # loads '
-        + (f"{base_model} + this adapter" if on_hub else "its base model, which must be reachable")
-    )
-    origin, stages = lineage or (base_model, [])
-    lineage_text = ""
-    if stages:
-        runs = ", ".join(f"`{stage}`" for stage in stages)
-        origin_text = origin if _is_hub_id(origin) else "a local model"
-        lineage_text = (
-            f" It continues from {origin_text} through the run(s) {runs}, whose adapters were merged into the "
-            "weights before this run."
-        )
-    import_line = (
-        "from transformers import AutoModelForCausalLM, AutoTokenizer"
-        if merged
-        else "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer"
-    )
-    sections = [
-        f"---\n{metadata.to_yaml()}\n---",
-        f"# {title}",
-        f"{'A merged model' if merged else 'A LoRA adapter'} for {base_text}, trained with "
-        f"trl-smallrl ({method} with TRL, for small reasoning models).{lineage_text} Completions are expected as "
-        "`<think> ... </think>` then `<answer> ... </answer>`.",
-        f"## Usage\n\n```python\n{import_line}\n\n{loading}\n"
-        f'tokenizer = AutoTokenizer.from_pretrained("{title}")\n```',
-    ]
-    if eval_table:
-        sections.append(
-            "## Evaluation\n\npass@k (unbiased estimator), strict format rate and mean completion tokens "
-            "per level, from `smallrl-eval`:\n\n" + eval_table.strip()
-        )
-    rewards = _rewards_table(config, log_history)
-    if rewards:
-        sections.append("## Rewards\n\n" + rewards)
-    history = curriculum_history(log_history)
-    if history:
-        rows = ["| level | started at step | last rolling accuracy |", "|---:|---:|---:|"]
-        for item in history:
-            accuracy = "-" if item["last_accuracy"] is None else f"{item['last_accuracy']:.3f}"
-            rows.append(f"| {item['level']} | {item['start_step']} | {accuracy} |")
-        sections.append("## Curriculum\n\n" + "\n".join(rows))
-    if recipe_yaml:
-        sections.append(f"## Recipe\n\n```yaml\n{recipe_yaml.strip()}\n```")
-    if plot_files:
-        sections.append("## Training curves\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in plot_files))
-    return "\n\n".join(sections) + "\n"
 
 
 def _copy_matching(source: Path, target: Path, patterns: Sequence[str]) -> list[str]:
@@ -279,9 +93,6 @@ def prepare_upload(
     `run_dir` is a training output_dir holding a PEFT adapter (or a full model). `merge` writes the adapter
     merged into its base instead. The folder is built beside `out_dir` and moved into place at the end.
     """
-    from trl_smallrl.evaluation import results_table
-    from trl_smallrl.plots import load_log_history, plot_pass_at_k, plot_run
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     adapter_config = _read_json(run_dir / "adapter_config.json")
     if not adapter_config and not (run_dir / "config.json").is_file():
@@ -296,7 +107,7 @@ def prepare_upload(
     lineage = model_lineage(base_source)
     # A merged upload loads on its own: name the model the chain began with. An adapter needs its exact base.
     base_model = base_model or (lineage[0] if merge else public_model_id(base_source))
-    if not merge and not _is_hub_id(base_model):
+    if not merge and not is_hub_id(base_model):
         print(
             f"warning: base model {base_model!r} is not a Hub id, so readers cannot load the adapter; pass "
             "--base-model ORG/NAME (its copy on the Hub) or push the merged model with --merge."
@@ -306,9 +117,7 @@ def prepare_upload(
     except ConfigError:
         log_history = []
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic.folder(out_dir) as staging:
         if merge:
             _copy_matching(merged_adapter_path(run_dir, field="run_dir"), staging, MODEL_PATTERNS)
         elif adapter_config:
@@ -323,11 +132,10 @@ def prepare_upload(
         if log_history:
             (staging / "trainer_state.json").write_text(json.dumps({"log_history": log_history}, indent=1))
         plot_files = [str(p.relative_to(staging)) for p in plot_run(staging, staging / "plots")] if log_history else []
-        eval_table = None
+        result = None
         if eval_json is not None:
             plot_files += [str(p.relative_to(staging)) for p in plot_pass_at_k(eval_json, staging / "plots")]
             result = json.loads(Path(eval_json).read_text())
-            eval_table = results_table(result)
             (staging / "eval_results.json").write_text(json.dumps(result, indent=2))
         card = build_model_card(
             title=title or run_dir.resolve().name,
@@ -336,17 +144,13 @@ def prepare_upload(
             config=config,
             lineage=lineage,
             log_history=log_history,
-            recipe_yaml=_recipe_yaml(config, recipe, base_model),
-            eval_table=eval_table,
+            recipe_yaml=recipe_yaml(config, recipe, base_model),
+            eval_table=results_table(result) if result else None,
+            eval_results=eval_results(result, model_path=run_dir) if result else (),
             plot_files=plot_files,
         )
         (staging / "README.md").write_text(card)
         check_no_token(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -394,9 +198,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, *, token: s
 def defer_push_to_hub(training_args) -> bool:
     """Take `push_to_hub` away from the Trainer, so that the entry point pushes the finished run with `push_run`.
 
-    The Trainer's own push contacts the Hub while the trainer is built, uploads `training_args.bin` (a pickle
-    of the arguments, `hub_token` included) and a generic card. Call this before building the trainer; it
-    returns whether to call `push_run(output_dir, token=training_args.hub_token)` after the final save.
+    The Trainer's own push contacts the Hub while the trainer is built, uploads `training_args.bin` (a pickle of
+    the arguments) and a generic card. Call this before building the trainer; it returns whether to call
+    `push_run(output_dir, token=...)` after the final save.
     """
     wanted = bool(training_args.push_to_hub)
     if wanted and not training_args.hub_model_id:
@@ -405,7 +209,7 @@ def defer_push_to_hub(training_args) -> bool:
     return wanted
 
 
-@exit_on_config_error
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-push RUN_DIR [--repo-id ORG/NAME] [--eval results.json] [--merge] [--dry-run DIR]`."""
     parser = argparse.ArgumentParser(prog="smallrl-push", description=main.__doc__)

@@ -6,19 +6,25 @@ but the result refuses `save_pretrained`, and dequantizing costs seconds on ever
 therefore converted once into an ordinary Hugging Face folder (safetensors, tokenizer with its chat
 template, generation config) in the user's cache, written atomically under a file lock so that several
 processes of one launch convert it only once, and every later load reads that folder.
+
+This module is also the one home of a model's identity: whether a name is a Hub id, the public id behind an
+alias or a converted folder, the chain of merged runs a folder descends from, and the names of the files a
+merge leaves behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trl_smallrl.errors import ConfigError, exit_on_config_error, unknown_name
+from trl_smallrl import atomic
+from trl_smallrl.engines import check_engine_combinations
+from trl_smallrl.errors import ConfigError, entry_point, unknown_name
+from trl_smallrl.precision import decide_training_precision
 
 
 @dataclass(frozen=True)
@@ -65,22 +71,20 @@ def gguf_path(model: EmbeddedModel) -> Path:
 
 
 def _convert_gguf(model: EmbeddedModel, target: Path) -> None:
-    """Dequantize the GGUF file into a plain float32 Hugging Face folder at `target`."""
+    """Dequantize the GGUF file into a plain float32 Hugging Face folder at `target`.
+
+    `GgufConfig(dequantize=True)` unpacks every weight into a dense model that saves like any other (the same
+    weights as reading the file, max |diff| 0.0); converting once saves the ~36 s GGUF load on every later use.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     source = gguf_path(model)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    quantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    config = quantized.config
-    # The loaded model is marked as GGUF-quantized and cannot be saved: rebuild a plain one from its config.
-    del config.quantization_config
-    config.name_or_path = model.hub_id
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    plain = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
+    plain.config.name_or_path = model.hub_id
     plain.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
@@ -97,20 +101,20 @@ def embedded_model_path(alias: str) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():  # another process converted it while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-        try:
-            _convert_gguf(model, tmp)
-            if target.exists():  # a half-written folder from a run killed mid-conversion
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic.folder(target) as staging:  # a half-written folder (a kill mid-conversion) is replaced
+            _convert_gguf(model, staging)
     return target
 
 
-def _looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else that is not on disk was meant as a path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+def is_hub_id(name: str) -> bool:
+    """`org/name` that is not a local path: a name a reader on another machine can load."""
+    name = str(name)
+    return (
+        name.count("/") == 1
+        and all(name.split("/"))
+        and not name.startswith((".", "~"))
+        and not Path(name).expanduser().exists()
+    )
 
 
 def resolve_model(name_or_path: str, field: str = "model_name_or_path") -> str:
@@ -134,10 +138,10 @@ def resolve_model(name_or_path: str, field: str = "model_name_or_path") -> str:
         if (local / "adapter_config.json").is_file():
             return str(merged_adapter_path(local, field))
         return str(local.resolve())
-    if _looks_like_path(name_or_path):
-        raise ConfigError(f"{field}: the path {name_or_path!r} does not exist; check the path or train it first.")
-    if "/" not in name_or_path:
-        # Not an org/name Hub id: most likely a mistyped alias.
+    if not is_hub_id(name_or_path):
+        if "/" in name_or_path or name_or_path.startswith((".", "~")) or os.sep in name_or_path:
+            raise ConfigError(f"{field}: the path {name_or_path!r} does not exist; check the path or train it first.")
+        # A bare name that is not embedded: most likely a mistyped alias.
         raise unknown_name(f"{field} (embedded alias)", name_or_path, EMBEDDED_MODELS)
     if _hub_offline():
         from huggingface_hub import try_to_load_from_cache
@@ -150,13 +154,14 @@ def resolve_model(name_or_path: str, field: str = "model_name_or_path") -> str:
     return name_or_path
 
 
+# A PEFT adapter folder's float32 merge into its base (`merged_adapter_path`), and the base weights a run with
+# hard resets merged its earlier adapters into (`trl_smallrl.resets`), saved beside its adapter.
 MERGED_SUBDIR = "merged-float32"
+MERGED_BASE_FILE = "smallrl_merged_base.safetensors"
 
 
 def _adapter_fingerprint(adapter_dir: Path) -> str:
     """Size and modification time of the adapter files: a re-trained adapter invalidates its merged copy."""
-    from trl_smallrl.resets import MERGED_BASE_FILE
-
     files = sorted(
         p for p in adapter_dir.iterdir() if p.is_file() and p.name.startswith(("adapter_", MERGED_BASE_FILE))
     )
@@ -173,8 +178,6 @@ def merged_adapter_path(adapter_dir: str | os.PathLike, field: str = "model_name
     cached in `<adapter_dir>/merged-float32`, written atomically under a file lock and rebuilt when the adapter
     files change.
     """
-    import json
-
     from filelock import FileLock
 
     adapter_dir = Path(adapter_dir).expanduser().resolve()
@@ -197,15 +200,9 @@ def merged_adapter_path(adapter_dir: str | os.PathLike, field: str = "model_name
     with FileLock(str(target) + ".lock"):
         if is_current():  # another process merged it while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{MERGED_SUBDIR}-", dir=adapter_dir))
-        try:
-            _merge_adapter(adapter_dir, base_path, tmp)
-            (tmp / stamp.name).write_text(fingerprint)
-            if target.exists():  # a stale merge of an older adapter
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic.folder(target) as staging:  # replaces a stale merge of an older adapter
+            _merge_adapter(adapter_dir, base_path, staging)
+            (staging / stamp.name).write_text(fingerprint)
     return target
 
 
@@ -213,8 +210,6 @@ def _merge_adapter(adapter_dir: Path, base_path: str, out_dir: Path) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_smallrl.resets import MERGED_BASE_FILE
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     if (adapter_dir / MERGED_BASE_FILE).is_file():  # a run with hard resets: its adapter sits on merged weights
@@ -236,10 +231,30 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def hub_id_of(name_or_path: str) -> str:
-    """The public name of a model, for model cards: the Hub id behind an embedded alias."""
+def public_model_id(name_or_path: str) -> str:
+    """The id a reader can load: the Hub id behind an embedded alias or its converted cache folder, else the name."""
+    path = Path(str(name_or_path)).expanduser()
+    if path.name in EMBEDDED_MODELS and path.parent.resolve() == (cache_root() / "models").resolve():
+        return EMBEDDED_MODELS[path.name].hub_id
     alias = str(name_or_path).lower()
     return EMBEDDED_MODELS[alias].hub_id if alias in EMBEDDED_MODELS else str(name_or_path)
+
+
+def model_lineage(name_or_path: str) -> tuple[str, list[str]]:
+    """(public id of the model a chain of runs began with, the adapter runs merged on top of it, oldest first).
+
+    A GRPO recipe that starts from an SFT run trains on `<sft run>/merged-float32` (`merged_adapter_path`), a
+    folder of this machine. Following each merged folder to its adapter's base leads back to the model the
+    chain began with, which is what a model card names for a merged upload.
+    """
+    path, stages = Path(str(name_or_path)).expanduser(), []
+    while path.name == MERGED_SUBDIR and (path.parent / "adapter_config.json").is_file():
+        base = json.loads((path.parent / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            break
+        stages.insert(0, path.parent.name)
+        path = Path(str(base)).expanduser()
+    return public_model_id(str(path)), stages
 
 
 def prepare_model_args(model_args, training_args) -> None:
@@ -247,23 +262,25 @@ def prepare_model_args(model_args, training_args) -> None:
 
     TRL's trainers load a model given by name with `args.model_init_kwargs`; we fill those from TRL's
     `ModelConfig` (dtype, attention implementation, revision) exactly as TRL's own scripts do, after the
-    precision for this machine is decided (`precision.decide_training_precision`: no emulated bf16 on a CPU).
+    precision for this machine is decided (`precision.decide_training_precision`: no emulated bf16 on a CPU),
+    and refuse what cannot train right under the launch's engine (`engines.check_engine_combinations`).
     """
-    from trl_smallrl.precision import decide_training_precision
-
     decide_training_precision(training_args, model_args)
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    check_engine_combinations(training_args, model_args)
     init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,  # on the training config since TRL 1.x
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    if training_args.distributed_state.distributed_type != "NO":
+        init_kwargs["device_map"] = None  # each process holds its own copy or shard; "auto" would spread one copy
     init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = init_kwargs
 
 
-@exit_on_config_error
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-model NAME`: resolve a model name (converting an embedded alias) and print its path."""
     parser = argparse.ArgumentParser(prog="smallrl-model", description=main.__doc__)

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import signal
+import time
 
 import torch
 from transformers import TrainerCallback
 
-logger = logging.getLogger(__name__)
+from trl_smallrl.completions import first_tagged_answer, has_strict_format, think_text
+from trl_smallrl.errors import RunStopped
 
-_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_STRICT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+logger = logging.getLogger(__name__)
 
 # Columns of the per-completion health table that the trainer gathers across ranks.
 HEALTH_COLUMNS = ("level", "correct", "think_tokens", "answer_without_reasoning", "format_ok", "truncated")
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunStopped):
     """The loss or a reward became NaN or infinite: the run stops so that the last checkpoint stays good."""
 
 
@@ -36,14 +35,10 @@ def completion_health(text: str, tokenizer) -> tuple[int, bool, bool]:
 
     An unclosed think block counts up to the end of the text (a truncated completion still reasoned).
     """
-    think = _THINK.search(text)
-    think_text = think.group(1).strip() if think else ""
-    think_tokens = len(tokenizer(think_text, add_special_tokens=False)["input_ids"]) if think_text else 0
-    answer = _ANSWER.search(text)
-    answer_without_reasoning = bool(answer and answer.group(1).strip()) and think_tokens == 0
-    format_ok = all(text.count(tag) == 1 for tag in ("<think>", "</think>", "<answer>", "</answer>")) and bool(
-        _STRICT.fullmatch(text)
-    )
+    reasoning = think_text(text)
+    think_tokens = len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0
+    answer_without_reasoning = bool(first_tagged_answer(text)) and think_tokens == 0
+    format_ok = has_strict_format(text)
     return think_tokens, answer_without_reasoning, format_ok
 
 
@@ -128,20 +123,29 @@ class CheckpointOnSignal(TrainerCallback):
     """SIGTERM or SIGINT (a preempted job, a Ctrl-C) saves a checkpoint at the end of the current optimizer step
     and stops cleanly, so `resume_from_checkpoint` continues with no lost or repeated step. The flag is
     all-reduced across ranks each step: every rank stops at the same step even if only one got the signal.
-    A second signal exits at once.
+
+    A second signal exits at once, but only after `grace_seconds`: under torchrun (every multi-GPU launch) one
+    Ctrl-C reaches a worker twice, from the terminal and forwarded by the elastic agent, and must count once.
+    The agent kills its workers `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (default 30) after it forwarded the
+    signal: a step plus a save must fit in that time, so raise it for long steps (the Makefile sets 600).
     """
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), grace_seconds: float = 5.0):
         self.signals = signals
+        self.grace_seconds = grace_seconds
         self.received: int | None = None
+        self._received_at = 0.0
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # second signal: the user insists
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
-        self.received = signum
-        logger.warning("got signal %d: saving a checkpoint at the end of this step, then stopping.", signum)
+        if self.received is None:
+            self.received, self._received_at = signum, time.monotonic()
+            logger.warning("got signal %d: saving a checkpoint at the end of this step, then stopping.", signum)
+            return
+        if time.monotonic() - self._received_at < self.grace_seconds:
+            return  # the same interruption arriving by another path (the terminal and torchrun's agent)
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second Ctrl-C: the user insists
+        raise KeyboardInterrupt
 
     def on_train_begin(self, args, state, control, **kwargs):
         for signum in self.signals:

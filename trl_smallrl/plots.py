@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl_smallrl.errors import ConfigError, exit_on_config_error
+from transformers.trainer import TRAINER_STATE_NAME
+
+from trl_smallrl import atomic
+from trl_smallrl.checkpoints import last_complete_checkpoint
+from trl_smallrl.errors import ConfigError, entry_point
+from trl_smallrl.evaluation import pass_at_k
 
 
 @dataclass(frozen=True)
@@ -85,21 +90,17 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
 
 
 def find_trainer_state(run_dir: str | os.PathLike) -> Path:
-    """`trainer_state.json` of a run folder, else of its newest `checkpoint-N` folder."""
+    """`trainer_state.json` of a run folder, else of its newest complete `checkpoint-N` folder."""
     run_dir = Path(run_dir)
-    if (run_dir / "trainer_state.json").is_file():
-        return run_dir / "trainer_state.json"
-    checkpoints = sorted(
-        (p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    for checkpoint in reversed(checkpoints):
-        if (checkpoint / "trainer_state.json").is_file():
-            return checkpoint / "trainer_state.json"
-    raise ConfigError(
-        f"run_dir: {str(run_dir)!r} has no trainer_state.json (nor a checkpoint-N/ with one); "
-        "point it at a training output_dir."
-    )
+    if (run_dir / TRAINER_STATE_NAME).is_file():
+        return run_dir / TRAINER_STATE_NAME
+    checkpoint = last_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ConfigError(
+            f"run_dir: {str(run_dir)!r} has no trainer_state.json (nor a checkpoint-N/ with one); "
+            "point it at a training output_dir."
+        )
+    return Path(checkpoint) / TRAINER_STATE_NAME
 
 
 def load_log_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -170,11 +171,8 @@ def _save(fig, path: Path) -> Path:
     """Write a PNG atomically (a reader never sees half a file) and release the figure."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    atomic.write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -230,8 +228,6 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
 
 def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """pass@k against k (1..n) per level, one line per model, from the per-prompt counts of an eval result."""
-    from trl_smallrl.evaluation import pass_at_k
-
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -272,7 +268,7 @@ def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
     return [_save(fig, out_dir / "pass_at_k.png")]
 
 
-@exit_on_config_error
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-plot [RUN_DIR] [--eval results.json] [--out DIR]`: write the PNG figures and list them."""
     parser = argparse.ArgumentParser(prog="smallrl-plot", description=main.__doc__)

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from trl_smallrl.errors import ConfigError, unknown_name
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +104,70 @@ def _asked(args, dtype: str) -> str:
     return f"{autocast}, {dtype} weights"
 
 
+def use_cpu_without_accelerator(config) -> None:
+    """Let a recipe run unchanged on a machine without a GPU, and never on the CPU by accident.
+
+    TRL's configs default to bf16, which transformers refuses on CPU unless `use_cpu` is set. We set `use_cpu`
+    here, before TRL validates the config; whether bf16 then stays on is decided at launch from the processor
+    (`decide_training_precision`: only where the CPU runs bf16 natively). A machine whose GPUs `nvidia-smi` lists
+    but torch cannot use (a CPU-only torch build, a driver mismatch) would silently train on the CPU, days
+    slower: that is refused, unless the recipe asks for the CPU itself (`use_cpu: true`).
+    """
+    if config.use_cpu or accelerator_name() is not None:
+        return
+    gpus = nvidia_smi_gpus()
+    if gpus:
+        import torch
+
+        raise ConfigError(
+            f"use_cpu: nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0]}) but torch {torch.__version__} cannot use them "
+            "(a CPU-only build, or a driver too old for its CUDA); install a CUDA build of torch (`pip install "
+            "torch`), or set use_cpu: true to train on the CPU on purpose."
+        )
+    config.use_cpu = True
+
+
+def nvidia_smi_gpus() -> list[str]:
+    """The GPUs `nvidia-smi -L` lists (none where the tool is missing or fails)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return (
+        [line.strip() for line in listed.stdout.splitlines() if line.startswith("GPU ")]
+        if listed.returncode == 0
+        else []
+    )
+
+
+@dataclass
+class CPUPrecisionArguments:
+    """How a training run on a CPU treats the recipe's bf16 (see `trl_smallrl.precision`)."""
+
+    cpu_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "On a CPU: auto (bf16 only where the processor runs it natively, else float32) | bf16 (keep the "
+            "recipe's bf16 even where it is emulated, much slower) | fp32. A GPU always keeps the recipe's choice."
+        },
+    )
+
+    def validate_cpu_precision(self) -> None:
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise unknown_name("cpu_precision", self.cpu_precision, CPU_PRECISIONS)
+
+
 def decide_training_precision(training_args, model_args) -> str:
     """Set `bf16`, `fp16`, `mixed_precision` and `model_args.dtype` for this machine; return the log line.
 
     Call it once at launch, after the configs are parsed and before the trainer (and its accelerator) exists:
     the Trainer builds its accelerator from `mixed_precision`, and TRL loads the model with `dtype`.
     """
-    from trl_smallrl.errors import unknown_name
-
     mode = getattr(training_args, "cpu_precision", "auto")
     if mode not in CPU_PRECISIONS:
         raise unknown_name("cpu_precision", mode, CPU_PRECISIONS)

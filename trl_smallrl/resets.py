@@ -43,12 +43,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from trl_smallrl import atomic
 from trl_smallrl.errors import ConfigError
+from trl_smallrl.models import MERGED_BASE_FILE
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "smallrl_resets.json"
-MERGED_BASE_FILE = "smallrl_merged_base.safetensors"
 METRIC_MODES = ("max", "min")
 
 
@@ -179,9 +180,7 @@ def save_merged_base(peft_model, names: Sequence[str], path: str | os.PathLike) 
 
     weights = _named_base_weights(peft_model)
     tensors = {name: weights[name].detach().contiguous().cpu() for name in sorted(names)}
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
+    atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_merged_base(peft_model, path: str | os.PathLike) -> set[str]:
@@ -200,14 +199,9 @@ def load_merged_base(peft_model, path: str | os.PathLike) -> set[str]:
     return set(tensors)
 
 
-def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 class HardResetCallback(TrainerCallback):
-    """Runs the recipe's resets on a TRL `GRPOTrainer` (or any `Trainer` of a causal LM).
+    """Runs the recipe's resets on a `SmallRLGRPOTrainer`, which restarts its own optimization for each phase
+    (`restart_optimization`).
 
     Bound to its trainer: `trainer.add_callback(HardResetCallback(trainer, phases))`. Decisions use only the
     global step and gathered evaluation metrics, so every DDP rank resets at the same step.
@@ -226,6 +220,8 @@ class HardResetCallback(TrainerCallback):
         peft_model = _peft_model(trainer.accelerator.unwrap_model(trainer.model))
         if peft_model is not None:
             self._lora_template = peft_model.peft_config[peft_model.active_adapter]
+        if any(phase.temperature is not None for phase in self.phases):
+            trainer.check_temperature_can_change()  # at launch, not at the reset
 
     # ---- triggers ----
     @property
@@ -274,8 +270,9 @@ class HardResetCallback(TrainerCallback):
             ref = trainer.accelerator.unwrap_model(trainer.ref_model)
             ref.load_state_dict(unwrapped.state_dict())
         self._apply_phase_settings()
-        self._rewrap_distributed(unwrapped)
-        self._new_optimizer_and_scheduler(remaining_steps=max(trainer.state.max_steps - step, 1))
+        trainer.restart_optimization(
+            remaining_steps=max(trainer.state.max_steps - step, 1), new_parameters=peft_model is not None
+        )
         logger.info("Hard reset at step %d (%s): phase %d, %s", step, trigger, self.phase, self.overrides(self.phase))
 
     def _new_adapter(self, peft_model) -> None:
@@ -285,40 +282,15 @@ class HardResetCallback(TrainerCallback):
         peft_model.set_adapter("default")
 
     def _apply_phase_settings(self) -> None:
-        """Sampling settings and learning rate of the running phase, where generation reads them."""
-        trainer, settings = self.trainer, self.overrides(self.phase)
-        generation = {"temperature": "temperature", "top_p": "top_p", "max_completion_length": "max_new_tokens"}
-        for key, generate_key in generation.items():
-            if key not in settings:
-                continue
-            value = settings[key]
-            setattr(trainer.args, key, value)
-            setattr(trainer, key, value)  # GRPOTrainer reads self.temperature, self.top_p, ...
-            if getattr(trainer, "generation_config", None) is not None:
-                setattr(trainer.generation_config, generate_key, value)
-            if getattr(trainer, "generation_kwargs", None) is not None:
-                trainer.generation_kwargs[generate_key] = value
-            vllm = getattr(trainer, "vllm_generation", None)
-            if vllm is not None and hasattr(vllm, key):
-                setattr(vllm, key, value)
+        """Sampling settings and learning rate of the running phase, where generation and the loss read them."""
+        settings = self.overrides(self.phase)
+        self.trainer.set_sampling(
+            temperature=settings.get("temperature"),
+            top_p=settings.get("top_p"),
+            max_completion_length=settings.get("max_completion_length"),
+        )
         if "learning_rate" in settings:
-            trainer.args.learning_rate = settings["learning_rate"]
-
-    def _rewrap_distributed(self, unwrapped) -> None:
-        """Under DDP the new adapter's parameters need a new wrapper (its reducer knows the old ones)."""
-        trainer = self.trainer
-        if trainer.model_wrapped is not unwrapped and _peft_model(unwrapped) is not None:
-            trainer.model_wrapped = trainer.accelerator.prepare_model(unwrapped)
-
-    def _new_optimizer_and_scheduler(self, remaining_steps: int) -> None:
-        trainer = self.trainer
-        trainer.optimizer = None
-        trainer.lr_scheduler = None
-        trainer.create_optimizer()
-        trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
-        trainer.create_scheduler(num_training_steps=remaining_steps, optimizer=trainer.optimizer)
-        for attr in ("model", "optimizer", "lr_scheduler"):
-            setattr(trainer.callback_handler, attr, getattr(trainer, attr))
+            self.trainer.args.learning_rate = settings["learning_rate"]
 
     # ---- checkpoints ----
     def state_dict(self) -> dict[str, Any]:
@@ -336,26 +308,19 @@ class HardResetCallback(TrainerCallback):
         peft_model = _peft_model(self.trainer.accelerator.unwrap_model(self.trainer.model))
         if peft_model is not None and self.merged_weights:
             save_merged_base(peft_model, sorted(self.merged_weights), folder / MERGED_BASE_FILE)
-        _write_json_atomic(folder / STATE_FILE, self.state_dict())
+        atomic.write_json(folder / STATE_FILE, self.state_dict(), indent=2, sort_keys=True)
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+    def save_to_checkpoint(self, folder: str) -> None:
+        """Called by the trainer (main process) while a checkpoint is staged, before it becomes visible."""
+        self.save(folder)
 
     def on_train_end(self, args, state, control, **kwargs):
         """The final adapter only makes sense on the merged base: leave both in the output folder."""
         if state.is_world_process_zero and self.phase > 0:
             self.save(args.output_dir)
 
-    def restore(self, checkpoint: str | os.PathLike | bool | None) -> None:
-        """Rebuild the checkpoint's phase before `train(resume_from_checkpoint=checkpoint)` loads its adapter.
-
-        `True` means the last checkpoint in `output_dir`, as for `Trainer.train`.
-        """
-        if checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            checkpoint = get_last_checkpoint(self.trainer.args.output_dir)
+    def restore(self, checkpoint: str | os.PathLike | None) -> None:
+        """Rebuild the checkpoint's phase before `train(resume_from_checkpoint=checkpoint)` loads its adapter."""
         if not checkpoint:
             return
         state_path = Path(checkpoint) / STATE_FILE

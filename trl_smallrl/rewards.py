@@ -10,8 +10,8 @@ out TRL's own implementation.
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -19,25 +19,14 @@ from typing import Any
 
 from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment
 
+from trl_smallrl.completions import TAGS, completion_text, has_strict_format, has_think_then_answer
 from trl_smallrl.errors import ConfigError, unknown_name
-
-THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
-TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+from trl_smallrl.tasks import get_task
 
 # Keyword arguments TRL passes to every reward that are not dataset columns.
 _NON_COLUMN_KWARGS = frozenset(
     {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 )
-
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion, conversational (`[{"role": "assistant", "content": ...}]`) or plain."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        content = completion[-1].get("content")
-        return content if isinstance(content, str) else ""
-    return ""
 
 
 def rows_from_kwargs(n: int, kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -53,8 +42,6 @@ def verifier_scores(completions: Sequence[Any], kwargs: Mapping[str, Any]) -> li
 
 def score_rows(texts: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
     """Score completion texts against their rows (dataset rows without `prompt`) with each row's task verifier."""
-    from trl_smallrl.tasks import get_task
-
     if rows and "task" not in rows[0]:
         raise ConfigError("dataset: rows have no `task` column; correctness rewards need it to find the verifier.")
     return [float(get_task(row["task"]).score(text, row)) for text, row in zip(texts, rows)]
@@ -66,15 +53,9 @@ class StrictFormatReward:
     arXiv:2502.14768), here on a 0/1 scale."""
 
     __name__ = "format"
-    _pattern = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        rewards = []
-        for completion in completions:
-            text = completion_text(completion)
-            once = all(text.count(tag) == 1 for tag in TAGS)
-            rewards.append(1.0 if once and self._pattern.fullmatch(text) else 0.0)
-        return rewards
+        return [1.0 if has_strict_format(completion_text(c)) else 0.0 for c in completions]
 
 
 class SoftFormatReward:
@@ -83,10 +64,9 @@ class SoftFormatReward:
     signal earlier than the strict one."""
 
     __name__ = "format_soft"
-    _pattern = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        return [1.0 if self._pattern.search(completion_text(c)) else 0.0 for c in completions]
+        return [1.0 if has_think_then_answer(completion_text(c)) else 0.0 for c in completions]
 
 
 class TagCountReward:
@@ -160,6 +140,7 @@ class CosineScaledReward:
         return rewards
 
 
+@functools.lru_cache(maxsize=65536)
 def _script(char: str) -> str:
     """The Unicode script of a letter, from its character name ("LATIN SMALL LETTER A" -> "LATIN")."""
     try:
@@ -169,7 +150,12 @@ def _script(char: str) -> str:
 
 
 def _script_counts(text: str) -> Counter:
-    return Counter(_script(ch) for ch in text if ch.isalpha())
+    """Letters per script; each distinct character is looked up once (a 100 KB text has few of them)."""
+    counts: Counter = Counter()
+    for char, n in Counter(text).items():
+        if char.isalpha():
+            counts[_script(char)] += n
+    return counts
 
 
 class LanguageConsistencyReward:
@@ -211,6 +197,26 @@ def _named(func: Callable, name: str) -> Callable:
     return func
 
 
+def _soft_overlong(max_len: int, cache: int, follows_budget: bool) -> Callable:
+    """TRL's soft overlong punishment, remembering its settings: when L_max is the completion budget (no
+    `overlong_max_len` in the recipe), a reset that changes `max_completion_length` rebuilds it for the new
+    budget (`follow_completion_budget`), or the penalty would stay at the old one."""
+    if cache < 0 or cache >= max_len:
+        raise ConfigError(
+            f"overlong_cache: {cache} must be in [0, L_max = {max_len}); lower it or raise overlong_max_len."
+        )
+    func = _named(get_soft_overlong_punishment(max_len, cache), "soft_overlong")
+    func.overlong_cache, func.follows_budget = cache, follows_budget
+    return func
+
+
+def follow_completion_budget(reward_funcs: list, max_completion_length: int) -> None:
+    """Rebuild, in place, the rewards whose length limit is the completion budget for a new budget."""
+    for index, func in enumerate(reward_funcs):
+        if getattr(func, "follows_budget", False):
+            reward_funcs[index] = _soft_overlong(max_completion_length, func.overlong_cache, follows_budget=True)
+
+
 def _repetition_penalty(ngram_size: int, max_penalty: float) -> Callable:
     if ngram_size < 1 or max_penalty > 0:
         raise ConfigError(
@@ -233,8 +239,10 @@ REWARDS: dict[str, Callable[..., Callable]] = {
         min_value_correct=p.get("cosine_min_value_correct", 0.5),
         max_value_correct=p.get("cosine_max_value_correct", 1.0),
     ),
-    "soft_overlong": lambda **p: _named(
-        get_soft_overlong_punishment(p.get("overlong_max_len", 1024), p.get("overlong_cache", 256)), "soft_overlong"
+    "soft_overlong": lambda **p: _soft_overlong(
+        p.get("overlong_max_len") or p.get("max_completion_length") or 1024,
+        p.get("overlong_cache", 256),
+        follows_budget=p.get("overlong_max_len") is None,
     ),
     "repetition_penalty": lambda **p: _named(
         _repetition_penalty(p.get("repetition_n_grams", 3), p.get("repetition_max_penalty", -1.0)),
@@ -242,6 +250,17 @@ REWARDS: dict[str, Callable[..., Callable]] = {
     ),
     "language": lambda **p: LanguageConsistencyReward(min_share=p.get("language_min_share", 0.05)),
 }
+
+
+def register_reward(name: str, factory: Callable[..., Callable]) -> None:
+    """Make a reward available to recipes as `reward_funcs: [name]`.
+
+    `factory(**params)` receives every reward parameter of the recipe (by recipe name) and returns a reward
+    with TRL's signature; a name already taken is refused, so a plugin cannot silently replace a built-in.
+    """
+    if name in REWARDS:
+        raise ConfigError(f"reward_funcs: {name!r} is already a reward; register yours under another name.")
+    REWARDS[name] = factory
 
 
 def get_reward_funcs(names: Sequence[str], **params) -> list[Callable]:

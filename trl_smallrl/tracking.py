@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from trl_smallrl.errors import ConfigError
+from trl_smallrl.errors import ConfigError, unknown_name
 
 # Trackers we check, with the package that provides each and how to install it.
 TRACKER_PACKAGES = {
@@ -52,7 +52,11 @@ def setup_tracking(training_args) -> list[str]:
     report_to = [report_to] if isinstance(report_to, str) else list(report_to)
     if report_to in (["none"], []):
         return []
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
     for tracker in report_to:
+        if tracker not in INTEGRATION_TO_CALLBACK and tracker not in ("all", "none"):
+            raise unknown_name("report_to", tracker, [*INTEGRATION_TO_CALLBACK, "all", "none"])
         package, install = TRACKER_PACKAGES.get(tracker, (None, None))
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(f"report_to: {tracker!r} is not installed; run `{install}` or drop it from report_to.")

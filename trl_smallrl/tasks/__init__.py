@@ -7,6 +7,7 @@ a task too, generated and scored by reasoning-gym itself.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask
 from trl_smallrl.tasks.math import MathTask
 from trl_smallrl.tasks.reasoning_gym_tasks import ReasoningGymTask
 
-__all__ = ["Task", "build_dataset", "get_task", "load_records", "rows_from_records", "task_names"]
+__all__ = ["Task", "build_dataset", "get_task", "load_records", "read_file_records", "rows_from_records", "task_names"]
 
 TASKS: dict[str, type[Task]] = {
     KnightsKnavesTask.name: KnightsKnavesTask,
@@ -54,23 +55,72 @@ def _task(name: str) -> Task:
     raise unknown_name("task", name, task_names())
 
 
-def load_records(source: str, config: str | None = None, split: str = "train") -> list[dict[str, Any]]:
-    """Records of a file (parquet, jsonl, json) or a Hub dataset split, read with `datasets`."""
+def read_file_records(path: str | os.PathLike, field: str = "dataset_name") -> list[dict[str, Any]]:
+    """Records of a local .jsonl, .json or .parquet file; anything unreadable is one `ConfigError` naming `field`,
+    the file and, for JSON lines, the line."""
+    path = str(path)
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in FILE_FORMATS:
+        raise ConfigError(f"{field}: {path!r} has an unknown extension; use .jsonl, .json or .parquet.")
+    try:
+        if extension == ".parquet":
+            import pyarrow.parquet as pq
+
+            records = pq.read_table(path).to_pylist()
+        else:
+            records = _json_records(path, field)
+    except ConfigError:
+        raise
+    except Exception as err:  # pyarrow's errors on a truncated or foreign file have no common base class
+        raise ConfigError(f"{field}: cannot read {path!r} ({type(err).__name__}: {err}); write it again.") from None
+    if not records:
+        raise ConfigError(f"{field}: {path!r} holds no records; give a file with at least one row.")
+    return records
+
+
+def _json_records(path: str, field: str) -> list[dict[str, Any]]:
+    """A JSON array of objects, or JSON lines (one object a line, blank lines allowed)."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{field}: {path!r} is not valid JSON at line {err.lineno} ({err.msg}).") from None
+        lines = [(0, record) for record in records]
+    else:
+        lines = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                lines.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ConfigError(
+                    f"{field}: line {number} of {path!r} is not a JSON object ({err.msg}); fix or remove that line."
+                ) from None
+    for number, record in lines:
+        if not isinstance(record, dict):
+            where = f"line {number}" if number else "an item"
+            raise ConfigError(f"{field}: {where} of {path!r} is {type(record).__name__}, not a JSON object.")
+    return [record for _, record in lines]
+
+
+def load_records(
+    source: str, config: str | None = None, split: str = "train", field: str = "dataset_name"
+) -> list[dict[str, Any]]:
+    """Records of a local file (parquet, jsonl, json) or of a Hub dataset split, read with `datasets`."""
+    if os.path.exists(source):
+        return read_file_records(source, field)
     import datasets
 
-    if os.path.exists(source):
-        extension = os.path.splitext(source)[1].lower()
-        if extension not in FILE_FORMATS:
-            raise ConfigError(f"dataset_name: {source!r} has an unknown extension; use .jsonl, .json or .parquet.")
-        dataset = datasets.load_dataset(FILE_FORMATS[extension], data_files=source, split="train")
-    else:
-        try:
-            dataset = datasets.load_dataset(source, config, split=split)
-        except Exception as err:
-            raise ConfigError(
-                f"dataset_name: {source!r} is neither a file nor a reachable Hub dataset "
-                f"(split {split!r}): {type(err).__name__}; give a local .jsonl/.json/.parquet file."
-            ) from err
+    try:
+        dataset = datasets.load_dataset(source, config, split=split)
+    except Exception as err:
+        raise ConfigError(
+            f"{field}: {source!r} is neither a file nor a reachable Hub dataset "
+            f"(split {split!r}): {type(err).__name__}; give a local .jsonl, .json or .parquet file."
+        ) from err
     return list(dataset)
 
 

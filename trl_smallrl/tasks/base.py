@@ -9,9 +9,10 @@ look the row's task up by its `task` column, so one batch may mix tasks.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from trl_smallrl.completions import completion_text, last_tagged_answer
 from trl_smallrl.errors import ConfigError
 
 SPLITS = ("train", "eval")
@@ -20,15 +21,16 @@ SPLITS = ("train", "eval")
 # train and eval items can never share a seed, whatever the sizes (up to SEED_STRIDE items per level).
 SEED_STRIDE = 2**32
 MAX_LEVEL = 1024
+# No answer a task grades is this long (an 8-person K&K answer is about 300 characters): a longer one is graded
+# wrong without being read, so that a policy writing a 100 KB answer block cannot stall a step in a verifier
+# whose cost grows faster than its input (reasoning-gym's, math-verify's).
+MAX_ANSWER_CHARS = 4096
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. First think about the reasoning process step by step, then give the final "
     "answer. Write the reasoning inside <think> </think> tags and the final answer inside <answer> </answer> "
     "tags, i.e., <think> reasoning here </think>\n<answer> answer here </answer>."
 )
-
-_ANSWER_OPEN = "<answer>"
-_ANSWER_CLOSE = "</answer>"
 
 
 def generation_seed(task_seed: int, split: str, level: int) -> int:
@@ -47,28 +49,9 @@ def check_size(size: int, field: str = "size") -> None:
         raise ConfigError(f"{field}: {size} rows per level is out of range; use 0 to {SEED_STRIDE}.")
 
 
-def as_text(completion: Any) -> str:
-    """A completion as text, whatever TRL or a user passes: a string, bytes, or a list of messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, bytes | bytearray):
-        return bytes(completion).decode("utf-8", errors="replace")
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        return as_text(completion[-1].get("content", ""))
-    if completion is None:
-        return ""
-    return str(completion)
-
-
-def last_tagged_answer(text: str) -> str | None:
-    """The text inside the last `<answer>...</answer>` (the innermost one when tags are nested), else None."""
-    close = text.rfind(_ANSWER_CLOSE)
-    if close < 0:
-        return None
-    start = text.rfind(_ANSWER_OPEN, 0, close)
-    if start < 0:
-        return None
-    return text[start + len(_ANSWER_OPEN) : close].strip()
+def bounded(answer: str | None) -> str | None:
+    """`answer`, or None when it is longer than any answer a task grades (`MAX_ANSWER_CHARS`)."""
+    return answer if answer is not None and len(answer) <= MAX_ANSWER_CHARS else None
 
 
 def last_boxed(text: str) -> str | None:
@@ -111,6 +94,7 @@ class Task:
     name: str = ""
     default_levels: tuple[int, ...] = (0,)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    writes_traces: bool = False  # whether `write_trace` has a solver behind it
 
     def prompt(self, question: str, system_prompt: str | None = None) -> list[dict[str, str]]:
         """Conversational prompt of the shared schema: the recipe's system prompt (else the task's) + question."""
@@ -132,12 +116,23 @@ class Task:
         raise NotImplementedError
 
     def extract_answer(self, completion: str) -> str | None:
-        """The final answer in a completion: by default the last `<answer>...</answer>`."""
-        return last_tagged_answer(as_text(completion))
+        """The final answer in a completion: by default the last `<answer>...</answer>` (None when too long)."""
+        return bounded(last_tagged_answer(completion_text(completion)))
 
     def score(self, completion: Any, row: Mapping[str, Any]) -> float:
         """1.0 when the completion's answer is right, 0.0 otherwise; never raises, whatever the text."""
         raise NotImplementedError
+
+    def write_trace(self, row: Mapping[str, Any]) -> str:
+        """A supervised warm-up completion for `row`, written from its ground truth by the task's own solver.
+
+        Only tasks with a solver write traces (`writes_traces`); for the others, sample verified traces from a
+        teacher model (`smallrl-traces --teacher`).
+        """
+        raise ConfigError(
+            f"task: {self.name!r} has no solver that writes traces; sample verified ones from a teacher with "
+            f"`smallrl-traces --teacher MODEL --task {self.name} --out traces.jsonl` and set traces_file."
+        )
 
     def levels_or_default(self, levels: Iterable[int] | None) -> list[int]:
         return list(levels) if levels else list(self.default_levels)

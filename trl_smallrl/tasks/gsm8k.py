@@ -11,8 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from trl_smallrl.completions import completion_text
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.tasks.base import Task, as_text, last_boxed, parse_number
+from trl_smallrl.tasks.base import Task, bounded, last_boxed, parse_number
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Solve the math word problem step by step inside <think> </think> tags, then "
@@ -43,7 +44,7 @@ class BoxedNumberTask(Task):
         }
 
     def extract_answer(self, completion: Any) -> str | None:
-        return last_boxed(as_text(completion))
+        return bounded(last_boxed(completion_text(completion)))
 
     def score(self, completion: Any, row: Mapping[str, Any]) -> float:
         predicted = parse_number(self.extract_answer(completion))

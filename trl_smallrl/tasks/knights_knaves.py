@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.tasks.base import Task, as_text, check_size, generation_seed, last_tagged_answer
+from trl_smallrl.tasks.base import Task, check_size, generation_seed
 
 # A statement is a nested tuple: ('telling-truth', i), ('lying', i), ('not', s), ('and', s, ...),
 # ('or', s, ...), ('->', a, b), ('<=>', a, b). Person i is a knight exactly when statement i is true.
@@ -31,6 +31,8 @@ ATOMS = ("telling-truth", "lying")
 DEFAULT_TERMS = ("knight", "knave")
 LEVELS = tuple(range(2, 9))
 _TERMS_IN_QUIZ = re.compile(r"inhabited only by (\w+?)s and (\w+?)s\b", re.IGNORECASE)
+# A word that may be a subject in an answer ("O'Brien", "Mary-Ann"), starting at a word boundary.
+_WORD = re.compile(r"\b[^\W\d_][\w'-]*")
 # Words that may stand before "is a knight" in an answer without being a person of the puzzle.
 _NOT_PEOPLE = frozenset(
     "who which that this it he she they and also both all each everyone everybody one person someone "
@@ -348,8 +350,9 @@ def _answer_patterns(names: tuple[str, ...], knight: str, knave: str):
     alternatives = sorted(list(name_index) + list(role_words), key=len, reverse=True)
     words = "|".join(re.escape(w) for w in alternatives)
     token = re.compile(rf"\b({words}|not|isn't|aren't)\b", re.IGNORECASE)
-    subject = re.compile(rf"\b([^\W\d_][\w'-]*)\s+(?:is|are)\s+(?:not\s+)?(?:an?\s+)?(?:{words})\b", re.IGNORECASE)
-    return role_words, name_index, token, subject
+    # What follows a subject that is given a role ("... is not a knave"), matched at the end of each word.
+    given_a_role = re.compile(rf"\s+(?:is|are)\s+(?:not\s+)?(?:an?\s+)?(?:{words})\b", re.IGNORECASE)
+    return role_words, name_index, token, given_a_role
 
 
 def parse_roles(answer: str, names: Sequence[str], roles: Roles) -> tuple[dict[int, set[bool]], bool]:
@@ -358,7 +361,7 @@ def parse_roles(answer: str, names: Sequence[str], roles: Roles) -> tuple[dict[i
     Accepts "(1) A is a knight\\n(2) B is a knave", "A is a knight, B is a knave, and C is a knight.",
     "A and B are knights", "A is not a knave", in any case, with the puzzle's own words or knight/knave.
     """
-    role_words, name_index, token, subject = _answer_patterns(tuple(names), roles.knight, roles.knave)
+    role_words, name_index, token, given_a_role = _answer_patterns(tuple(names), roles.knight, roles.knave)
     given: dict[int, set[bool]] = {}
     pending: list[int] = []  # names waiting for their role ("A and B are knights")
     last: list[int] = []  # names that just got a role: "A is a knight/knave" gives A both
@@ -374,11 +377,11 @@ def parse_roles(answer: str, names: Sequence[str], roles: Roles) -> tuple[dict[i
             for person in pending or last:
                 given.setdefault(person, set()).add(role_words[word] != negated)
             last, pending, negated = pending or last, [], False
+    # Someone else given a role: each word is read once and the role phrase tried only where it ends, so the scan
+    # stays linear however long the answer (a backtracking "word is a knight" pattern was quadratic in it).
     foreign = any(
-        m.group(1).lower() not in name_index
-        and m.group(1).lower() not in _NOT_PEOPLE
-        and m.group(1).lower() not in role_words
-        for m in subject.finditer(answer)
+        word not in name_index and word not in _NOT_PEOPLE and word not in role_words
+        for word in (m.group(0).lower() for m in _WORD.finditer(answer) if given_a_role.match(answer, m.end()))
     )
     return given, foreign
 
@@ -408,6 +411,7 @@ class KnightsKnavesTask(Task):
     name = "knights_knaves"
     default_levels = (2, 3, 4, 5, 6)
     system_prompt = SYSTEM_PROMPT
+    writes_traces = True
 
     def __init__(self, partial_credit: bool = False):
         self.partial_credit = partial_credit
@@ -453,7 +457,10 @@ class KnightsKnavesTask(Task):
         }
 
     def score(self, completion: Any, row: Mapping[str, Any]) -> float:
-        return grade(last_tagged_answer(as_text(completion)), row, self.partial_credit)
+        return grade(self.extract_answer(completion), row, self.partial_credit)
+
+    def write_trace(self, row: Mapping[str, Any]) -> str:
+        return write_trace(row)
 
 
 def to_kk_record(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.tasks.base import Task, as_text, check_size, generation_seed, last_tagged_answer
+from trl_smallrl.tasks.base import Task, check_size, generation_seed
 
 
 @functools.cache
@@ -71,7 +71,7 @@ class ReasoningGymTask(Task):
         }
 
     def score(self, completion: Any, row: Mapping[str, Any]) -> float:
-        answer = last_tagged_answer(as_text(completion))
+        answer = self.extract_answer(completion)
         if answer is None:
             return 0.0
         try:

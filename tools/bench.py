@@ -28,14 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
-OUTPUT = Path("docs/BENCHMARKS.md")
+from trl_smallrl import atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "docs" / "BENCHMARKS.md"
 COMMAND = "make bench"
 
 
 class FirstTokenReward:
     """Bench-only reward: 1 when the first completion token id is a multiple of 8, else 0.
 
-    Registered as `first_token` inside the bench's case processes only.
+    Registered as `first_token` (`rewards.register_reward`) inside the bench's case processes.
     A random model hits it about one time in eight, so about 59% of groups of 4 have zero variance: the
     cold-start situation dynamic sampling is for, reproducible without a trained model.
     """
@@ -102,11 +105,12 @@ def run_case(case: dict) -> dict:
     from transformers import TrainerCallback
 
     from trl_smallrl import configs, grpo, rewards
-    from trl_smallrl.models import resolve_model
+    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
+    from trl_smallrl.models import prepare_model_args, resolve_model
     from trl_smallrl.tasks import build_dataset
 
     torch.set_num_threads(int(case.get("threads", os.cpu_count())))
-    rewards.REWARDS.setdefault("first_token", lambda **params: FirstTokenReward())  # this process only
+    rewards.register_reward("first_token", lambda **params: FirstTokenReward())
     work = Path(case["work_dir"])
     model_path = case.get("model_path") or resolve_model(case["model"])
     length = case["completion_length"]
@@ -141,13 +145,8 @@ def run_case(case: dict) -> dict:
         model_args.lora_target_modules = "all-linear"
     if case["trainer"] == "ours":
         training = configs.GRPOConfig(**common)
-        trainer_class = grpo.SmallRLGRPOTrainer
-        grpo.SmallRLGRPOTrainer = _timed(trainer_class)  # build_trainer builds the timed subclass
-        trainer = grpo.build_trainer(script, training, model_args)
-        grpo.SmallRLGRPOTrainer = trainer_class
+        trainer = grpo.build_trainer(script, training, model_args, trainer_class=_timed(SmallRLGRPOTrainer))
     else:
-        from trl_smallrl.models import prepare_model_args
-
         training = trl.GRPOConfig(**common)
         prepare_model_args(model_args, training)
         trainer = _timed(trl.GRPOTrainer)(
@@ -204,7 +203,11 @@ def spawn(case: dict) -> dict:
         spec.write_text(json.dumps(case))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.run(
-            [sys.executable, "-m", "trl_smallrl.bench", "--case", str(spec)], env=env, capture_output=True, text=True
+            [sys.executable, "-m", "tools.bench", "--case", str(spec)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"bench case {case['name']} failed:\n{proc.stderr[-3000:]}")
@@ -332,7 +335,7 @@ def gpu_section() -> str:
         return f"{header}\n\nNo GPU on this machine: this part did not run. Run `make bench` where one is visible.\n"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_smallrl.architectures import architecture_config
+    from tools.architectures import architecture_config
     from trl_smallrl.models import DEFAULT_MODEL, resolve_model
 
     lines = [
@@ -375,7 +378,7 @@ def gpu_section() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run every benchmark and write docs/BENCHMARKS.md (or run one case, for the subprocesses)."""
-    parser = argparse.ArgumentParser(prog="python -m trl_smallrl.bench", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=main.__doc__)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per trainer for the overhead")
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     header = [
         "# Benchmarks",
         "",
-        f"Written by `{COMMAND}` (`python -m trl_smallrl.bench`) on {today}, in "
+        f"Written by `{COMMAND}` (`python -m tools.bench`) on {today}, in "
         f"{(time.perf_counter() - started) / 60:.1f} minutes.",
         f"Machine: {machine()}.",
         "Load average (1, 5, 15 min) when the run ended: {:.1f}, {:.1f}, {:.1f}; above the core count, other"
@@ -410,10 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         " interleaved runs are less affected).".format(*os.getloadavg()),
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text("\n".join(header + sections))
-    os.replace(tmp, args.output)
+    atomic.write_text(args.output, "\n".join(header + sections))
     print(args.output.read_text())
 
 

@@ -18,34 +18,44 @@ Each recipe states its hardware in header comments, which this check reads:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+from trl import ModelConfig
 
-from trl_smallrl.errors import ConfigError
+from tools.architectures import architecture_config
+from trl_smallrl import configs
+from trl_smallrl.engines import check_engine_combinations
+from trl_smallrl.errors import ConfigError, unknown_name
+from trl_smallrl.evaluation import parse_model_spec
+from trl_smallrl.models import EMBEDDED_MODELS, is_hub_id, public_model_id
+from trl_smallrl.recipe import parse_recipe
+from trl_smallrl.rewards import get_reward_funcs
+from trl_smallrl.tasks import get_task
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = ROOT / "recipes"
 REQUIRED_HEADERS = ("hardware", "num_processes", "memory_per_gpu", "wall_time")
 _HEADER = re.compile(r"^#\s*([a-z_]+):\s*(.+?)\s*$")
 
 
 def recipe_types(method: str) -> tuple:
     """The dataclasses an entry point parses its recipe into, by the `<method>` folder of the recipe."""
-    from trl import ModelConfig
-
-    from trl_smallrl import configs
-
     types = {
         "grpo": (configs.GRPOScriptArguments, configs.GRPOConfig, ModelConfig),
         "sft": (configs.SFTScriptArguments, configs.SFTConfig, ModelConfig),
         "eval": (configs.DataArguments, configs.EvalArguments),
     }
     if method not in types:
-        from trl_smallrl.errors import unknown_name
-
         raise unknown_name("recipe folder (recipes/<model>/<method>/)", method, types)
     return types[method]
 
@@ -84,6 +94,31 @@ class RecipeReport:
         if self.generation_batch:
             parts.append(f"{self.generation_batch} completions/generation over {self.num_processes} process(es)")
         return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def launch_environment(headers: dict[str, str], where: str) -> Iterator[None]:
+    """The environment `accelerate launch` gives the processes of the recipe's `# launch:` line (its engine)."""
+    launch = headers.get("launch", "")
+    match = re.search(r"--config_file\s+(\S+)", launch)
+    env = {}
+    if match:
+        config_path = ROOT / match.group(1)
+        if not config_path.is_file():
+            raise ConfigError(f"{where}: '# launch:' names {match.group(1)}, which does not exist.")
+        distributed_type = (yaml.safe_load(config_path.read_text()) or {}).get("distributed_type")
+        env = {"ACCELERATE_USE_DEEPSPEED": str(distributed_type == "DEEPSPEED").lower(),
+               "ACCELERATE_USE_FSDP": str(distributed_type == "FSDP").lower()}  # fmt: skip
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def check_generation_batch(recipe: dict, num_processes: int, where: str) -> int:
@@ -133,16 +168,11 @@ def static_memory_gb(parameters: int, trainable: int, recipe: dict) -> float:
 
 def trainable_parameters(config, recipe: dict) -> tuple[int, int]:
     """(all parameters, trained parameters) of the recipe's model, built on the meta device."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
     if not recipe.get("use_peft"):
         return total, total
-    from peft import LoraConfig, get_peft_model
-
     lora = LoraConfig(
         r=int(recipe.get("lora_r", 16)),
         lora_alpha=int(recipe.get("lora_alpha", 32)),
@@ -156,14 +186,6 @@ def trainable_parameters(config, recipe: dict) -> tuple[int, int]:
 
 def check_recipe(path: Path) -> RecipeReport:
     """Parse one recipe as its entry point would, build its model on meta, check batches and memory."""
-    from transformers import AutoConfig
-
-    from trl_smallrl.architectures import architecture_config
-    from trl_smallrl.configs import parse_recipe
-    from trl_smallrl.models import EMBEDDED_MODELS, hub_id_of
-    from trl_smallrl.rewards import get_reward_funcs
-    from trl_smallrl.tasks import get_task
-
     method = path.parent.name
     where = str(path)
     batch = None
@@ -189,18 +211,19 @@ def check_recipe(path: Path) -> RecipeReport:
     get_task(parsed[0].task)
     if method == "grpo":
         get_reward_funcs(parsed[0].reward_funcs, **vars(parsed[0]))
+    if method in ("grpo", "sft"):
+        with launch_environment(headers, where):
+            check_engine_combinations(parsed[1], parsed[2])  # dtype `auto` of a Hub model is not known here
 
     model = recipe.get("model_name_or_path")
     if method == "eval" and recipe.get("eval_models"):
-        from trl_smallrl.evaluation import parse_model_spec
-
         model = parse_model_spec(recipe["eval_models"][0])[1]  # `label=name`: the first model's architecture
     if model is None:
         raise ConfigError(f"{where}: no model_name_or_path (or eval_models) to check.")
-    architecture = headers.get("base_model") or hub_id_of(model)
+    architecture = headers.get("base_model") or public_model_id(model)
     if architecture.lower() not in EMBEDDED_MODELS and Path(architecture).is_dir():
         config = AutoConfig.from_pretrained(architecture)  # a run folder that exists here
-    elif "/" in architecture and not architecture.startswith(("outputs", ".", "/")):
+    elif is_hub_id(architecture):
         config = architecture_config(architecture)
     else:
         raise ConfigError(f"{where}: {model!r} is a run folder; add '# base_model: <hub id>' to the header.")
@@ -223,7 +246,7 @@ def all_recipes(root: Path = RECIPES_DIR) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Check the given recipes (default: all under recipes/); print one line each, exit 1 on any failure."""
-    parser = argparse.ArgumentParser(prog="python -m trl_smallrl.recipes", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.check_recipes", description=main.__doc__)
     parser.add_argument("paths", nargs="*", type=Path)
     paths = parser.parse_args(argv).paths or all_recipes()
     failures = 0

@@ -1,0 +1,107 @@
+"""One run loop for every training entry point (SFT and GRPO).
+
+What happens around `Trainer.train` is the same for both methods and must not drift between them: tracking that
+works without an account, the Trainer's own Hub push and the Hub token taken away from it (it would pickle the
+token into `training_args.bin`), one run at a time in an output folder that can be written, the resolved recipe
+saved beside the run, `--resume_from_checkpoint last`, a checkpoint on SIGTERM or Ctrl-C, the final save, and
+the allow-listed push. `train` does these in that order; an entry point only says which dataclasses its recipe
+parses into and how its trainer is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from transformers import Trainer
+
+from trl_smallrl.checkpoints import resume_checkpoint
+from trl_smallrl.errors import ConfigError
+from trl_smallrl.hub import defer_push_to_hub, push_run
+from trl_smallrl.monitors import CheckpointOnSignal
+from trl_smallrl.recipe import parse_recipe, save_resolved_config
+from trl_smallrl.redaction import take_secrets_out
+from trl_smallrl.tracking import setup_tracking
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".smallrl-run.lock"
+
+
+def train(
+    argv: Sequence[str] | None, arg_types: tuple, build_trainer: Callable[[object, object, object], Trainer]
+) -> Trainer:
+    """Parse a recipe into `arg_types` (script arguments, training config, `ModelConfig`), build the trainer
+    with `build_trainer(script_args, training_args, model_args)`, train (resuming when asked), save the model
+    or adapter and the trainer state in `output_dir`, and push when the recipe asks; return the trainer.
+
+    A SIGTERM or Ctrl-C ends the run at the end of the current step with a checkpoint, and exits with status
+    128 + the signal (SystemExit).
+    """
+    script_args, training_args, model_args = parse_recipe(arg_types, argv)
+    setup_tracking(training_args)  # wandb without a key runs offline, never prompts
+    push_at_end = defer_push_to_hub(training_args)
+    hub_token = take_secrets_out(training_args)  # the Trainer pickles its arguments into every checkpoint
+    with output_dir_lock(training_args.output_dir):
+        trainer = build_trainer(script_args, training_args, model_args)
+        stop_on_signal = CheckpointOnSignal()
+        trainer.add_callback(stop_on_signal)
+        if trainer.accelerator.is_main_process:
+            save_resolved_config(training_args.output_dir, script_args, training_args, model_args)
+        checkpoint = resume_checkpoint(training_args)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+        trainer.train(resume_from_checkpoint=checkpoint)
+        if stop_on_signal.received:
+            logger.warning(
+                "stopped by signal %d at step %d; resume with `--resume_from_checkpoint last`.",
+                stop_on_signal.received,
+                trainer.state.global_step,
+            )
+            raise SystemExit(128 + stop_on_signal.received)
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()
+    if push_at_end and trainer.accelerator.is_main_process:
+        push_run(training_args.output_dir, token=hub_token)
+    return trainer
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold `output_dir` for this launch: refuse, on every rank, a folder that cannot be written or that another
+    run is writing to (two runs would interleave their checkpoints). The lock is an OS file lock held by the
+    main process, so a run that died holds nothing; it is taken before any model loads."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    lock, problem = None, None
+    if state.is_main_process:
+        path = Path(output_dir) / LOCK_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(exist_ok=True)  # a read-only folder fails here, with the OS's reason
+            lock = FileLock(str(path), timeout=0)
+            lock.acquire()
+        except Timeout:
+            problem = (
+                f"output_dir: another run is writing to {str(output_dir)!r}; wait for it to finish, or give this run "
+                "another output_dir."
+            )
+        except OSError as err:
+            problem = (
+                f"output_dir: cannot write to {str(output_dir)!r} ({err.strerror or err}); choose a folder you can "
+                "write to."
+            )
+    problem = broadcast_object_list([problem])[0] if state.num_processes > 1 else problem
+    if problem:
+        raise ConfigError(problem)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
