@@ -117,7 +117,7 @@ def test_scoring_uses_the_task_verifier_and_the_strict_format():
     from trl_smallrl.evaluation import score_samples
     from trl_smallrl.generation import Completion
     from trl_smallrl.tasks import get_task
-    from trl_smallrl.tasks.knights_knaves import write_trace
+    from trl_smallrl.tasks.knights_knaves_traces import write_trace
 
     (row,) = get_task("knights_knaves").generate_rows(2, 1, seed=0, split="eval")
     right = write_trace(row)

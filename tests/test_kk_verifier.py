@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trl_smallrl.tasks import get_task
-from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask, Roles
+from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask
+from trl_smallrl.tasks.knights_knaves_logic import Roles
 
 # Emma is a knight, Noah a knave, Liam a knight (the statements do not matter to the verifier).
 ROW = {

@@ -7,7 +7,7 @@ import json
 from trl_smallrl.data_tools import traces_main
 from trl_smallrl.generation import SamplingSettings, sample
 from trl_smallrl.tasks import get_task
-from trl_smallrl.tasks.knights_knaves import write_trace
+from trl_smallrl.tasks.knights_knaves_traces import write_trace
 from trl_smallrl.teacher import keep_verified
 
 SETTINGS = SamplingSettings(num_samples=3, max_new_tokens=12, temperature=1.0, batch_size=2, seed=0)
