@@ -80,7 +80,8 @@ def test_recipe_check_rejects_a_pure_bf16_full_fine_tune(tmp_path):
     with pytest.raises(ConfigError, match="dtype: bfloat16 with full fine-tuning"):
         check_recipe(recipe)
     recipe.write_text(recipe.read_text().replace("single_gpu.yaml", "zero2.yaml"))
-    check_recipe(recipe)  # ZeRO-2 keeps float32 master weights: accepted
+    with pytest.raises(ConfigError, match="write '# memory_per_gpu"):  # past the dtype check: ZeRO-2 keeps masters
+        check_recipe(recipe)
 
 
 def _weights_changed(model_dir: str, tmp_path, dtype: str) -> float:

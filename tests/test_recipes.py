@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,18 @@ def write(tmp_path: Path, body: str, n: int = 4, method: str = "grpo") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(HEADER.format(n=n) + body)
     return path
+
+
+def check_with_computed_memory(path: Path):
+    """Check a recipe as its author would after reading the first failure: write the computed memory line."""
+    try:
+        return check_recipe(path)
+    except ConfigError as err:
+        match = re.search(r"write '(# memory_per_gpu: [^']*)'", str(err))
+        if not match:
+            raise
+    path.write_text(path.read_text().replace("# memory_per_gpu: x", match.group(1)))
+    return check_recipe(path)
 
 
 def test_every_shipped_recipe_passes(capsys):
@@ -35,7 +48,7 @@ def test_generation_batch_must_split_into_groups_on_the_named_processes(tmp_path
         check_recipe(write(tmp_path, body, n=1))
     # Four processes pass TRL's single-process parse (4 % 6 fails there too), so use 3 per device instead:
     body = body.replace("per_device_train_batch_size: 4", "per_device_train_batch_size: 6")
-    report = check_recipe(write(tmp_path, body + "gradient_accumulation_steps: 1\n", n=4))
+    report = check_with_computed_memory(write(tmp_path, body + "gradient_accumulation_steps: 1\n", n=4))
     assert report.generation_batch == 24
     body = "model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct\nnum_generations: 8\nper_device_train_batch_size: 8\n"
     body += "generation_batch_size: 24\n"
@@ -43,12 +56,30 @@ def test_generation_batch_must_split_into_groups_on_the_named_processes(tmp_path
         check_recipe(write(tmp_path, body, n=4))
 
 
-def test_static_memory_beyond_the_gpu_is_reported(tmp_path):
+def test_memory_beyond_the_gpu_is_reported(tmp_path):
     body = "model_name_or_path: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B\nnum_generations: 4\nper_device_train_batch_size: 4\n"
-    with pytest.raises(ConfigError, match=r"about 29\.8 GB per GPU, more than the 24 GB GPU.*use LoRA"):
+    with pytest.raises(
+        ConfigError, match=r"needs about \d+\.\d GB per GPU \(weights .* = .*\), more than the 24 GB GPU.*LoRA"
+    ):
         check_recipe(write(tmp_path, body))
-    report = check_recipe(write(tmp_path, body + "use_peft: true\nlora_r: 16\n"))
+    report = check_with_computed_memory(write(tmp_path, body + "use_peft: true\nlora_r: 16\n"))
     assert report.trainable < report.parameters / 50
+
+
+def test_memory_header_must_state_the_computed_figure(tmp_path):
+    """GPU recipes' memory lines come from this check, not from a hand estimate."""
+    body = "model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct\nnum_generations: 8\nper_device_train_batch_size: 8\n"
+    path = write(tmp_path, body)
+    with pytest.raises(
+        ConfigError, match=r"write '# memory_per_gpu: about \d+ GB \(computed by make check-recipes: weights"
+    ):
+        check_recipe(path)
+    report = check_with_computed_memory(path)
+    path.write_text(
+        path.read_text().replace(f"about {report.static_gb:.0f} GB", f"about {report.static_gb * 2:.0f} GB")
+    )
+    with pytest.raises(ConfigError, match="write '# memory_per_gpu"):  # a figure far from the computed one
+        check_recipe(path)
 
 
 def test_missing_headers_and_unknown_keys_are_named(tmp_path):

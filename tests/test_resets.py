@@ -295,3 +295,21 @@ def test_reset_temperature_reaches_the_training_log_probs(reset_run):
     for temperature, close in ((0.7, True), (1.0, False)):
         expected = torch.log_softmax(logits / temperature, dim=-1).gather(-1, PROBE_IDS[:, 1:, None]).squeeze(-1)
         assert torch.allclose(logps, expected, atol=1e-4) == close, temperature
+
+
+def test_set_sampling_reaches_vllm_and_the_fused_head(tiny_model_dir, tmp_path):
+    """With `use_vllm`, TRL's VLLMGeneration reads temperature, top_p and max_completion_length from its own
+    attributes at each call; a reset must change those too. vLLM needs a GPU, so its object is stood in for by
+    one with the same attributes."""
+    from types import SimpleNamespace
+
+    from trl_smallrl.grpo_trainer import _temperature_cell
+
+    trainer, _ = _trainer(tiny_model_dir, tmp_path / "vllm", [{"at_step": 1, "temperature": 1.3}])
+    trainer.vllm_generation = SimpleNamespace(temperature=1.0, top_p=1.0, max_completion_length=8)
+    trainer.set_sampling(temperature=1.3, top_p=0.8, max_completion_length=6)
+    assert vars(trainer.vllm_generation) == {"temperature": 1.3, "top_p": 0.8, "max_completion_length": 6}
+    assert (trainer.temperature, trainer.top_p, trainer.max_completion_length) == (1.3, 0.8, 6)
+    assert trainer.generation_config.max_new_tokens == 6
+    model = trainer.accelerator.unwrap_model(trainer.model).get_base_model()
+    assert _temperature_cell(model).cell_contents == 1.3

@@ -3,14 +3,16 @@
 A recipe that fails after an hour of model download and generation on four GPUs costs its user an afternoon.
 This check catches the mistakes that need no GPU to see: keys no config knows, a model whose architecture
 does not build, a generation batch that does not split into whole groups of `num_generations` across the
-processes the recipe is meant for, and static memory beyond the GPU it names.
+processes the recipe is meant for, peak GPU memory beyond the GPU it names (and a header that does not state
+the computed figure), and a combination its launch's engine cannot train right.
 
 Each recipe states its hardware in header comments, which this check reads:
 
     # hardware: 4 x RTX 3090 (24 GB)       where it runs
     # num_processes: 4                      accelerate processes (GPUs), for the batch arithmetic
-    # gpu_memory_gb: 24                     memory of one GPU, for the static memory estimate
-    # memory_per_gpu: about 18 GB           measured or expected peak, for the reader
+    # gpu_memory_gb: 24                     memory of one GPU, for the memory estimate
+    # memory_per_gpu: about 18 GB (computed ...)  GPU recipes: the figure this check computes; CPU ones: measured RAM
+    # launch: accelerate launch --config_file accelerate_configs/ddp.yaml ...   the engine the recipe runs under
     # wall_time: about 6 h for 500 steps    expected wall time
     # base_model: Qwen/Qwen2-0.5B           only when model_name_or_path is a run folder made earlier
 """
@@ -34,7 +36,7 @@ from trl import ModelConfig
 
 from tools.architectures import architecture_config
 from trl_smallrl import configs
-from trl_smallrl.engines import check_engine_combinations
+from trl_smallrl.engines import check_engine_combinations, engine
 from trl_smallrl.errors import ConfigError, unknown_name
 from trl_smallrl.evaluation import parse_model_spec
 from trl_smallrl.models import EMBEDDED_MODELS, is_hub_id, public_model_id
@@ -90,7 +92,7 @@ class RecipeReport:
         if self.parameters:
             parts.append(f"{self.parameters / 1e6:.0f}M params ({self.trainable / 1e6:.1f}M trained)")
         if self.static_gb is not None:
-            parts.append(f"static {self.static_gb:.1f} GB/GPU")
+            parts.append(f"about {self.static_gb:.1f} GB/GPU")
         if self.generation_batch:
             parts.append(f"{self.generation_batch} completions/generation over {self.num_processes} process(es)")
         return ", ".join(parts)
@@ -152,18 +154,107 @@ def check_generation_batch(recipe: dict, num_processes: int, where: str) -> int:
     return batch
 
 
-def static_memory_gb(parameters: int, trainable: int, recipe: dict) -> float:
-    """Weights, gradients and AdamW states per GPU, before activations and generation caches.
+GIB = 1024**3
+CONTEXT_GB = 1.0  # CUDA context, allocator slack, NCCL buffers
 
-    Frozen weights in the recipe's dtype (bf16 unless float32), trainable ones in float32 with gradient and two
-    Adam moments (16 bytes), a reference copy when beta > 0 and LoRA is off. ZeRO sharding is ignored: the
-    figure is an upper bound for DDP, which is what a single-GPU user sees.
+
+@dataclass
+class MemoryEstimate:
+    """Peak memory of one GPU, by part, in GB (GiB), computed from the recipe's shapes; not a measurement."""
+
+    weights: float
+    optimizer: float  # gradients, AdamW moments, float32 masters where the weights are half precision
+    reference: float
+    activations: float
+    logits: float
+    generation: float  # vLLM's reserved share, or transformers' KV cache
+    context: float = CONTEXT_GB
+
+    @property
+    def total(self) -> float:
+        return sum(vars(self).values())
+
+    def describe(self) -> str:
+        parts = [f"{name} {value:.1f}" for name, value in vars(self).items() if value >= 0.05]
+        return " + ".join(parts) + f" = {self.total:.1f} GB"
+
+
+def estimate_memory(config, recipe: dict, method: str, parameters: int, trainable: int, engine_name: str,
+                    num_processes: int, gpu_memory_gb: float) -> MemoryEstimate:  # fmt: skip
+    """What one GPU holds at the peak of a step, from the recipe's dtype, batch, lengths and engine.
+
+    Weights in the recipe's dtype; trainable parameters carry a float32 gradient and two AdamW moments (and a
+    float32 master under ZeRO when the weights are half); ZeRO-2 shards gradients and optimizer over the
+    processes, ZeRO-3 the weights too. Activations are those kept for the backward pass of one micro-batch
+    (only each layer's input with gradient checkpointing, plus one layer being recomputed). Neither TRL trainer
+    builds the batch x length x vocabulary logits: its fused LM head works in 4096-token x 32768-word tiles.
+    Generation is vLLM's reserved share of the GPU, or else the KV cache of one generation batch.
     """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    intermediate, vocab = text.intermediate_size, text.vocab_size
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
     weight_bytes = 4 if recipe.get("dtype") == "float32" else 2
-    total = parameters * weight_bytes + trainable * 16
-    if float(recipe.get("beta", 0.0)) > 0 and not recipe.get("use_peft"):
-        total += parameters * weight_bytes
-    return total / 1024**3
+    act_bytes = 2 if recipe.get("bf16", True) or recipe.get("fp16") else 4
+    zero3 = engine_name == "deepspeed" and "zero3" in recipe.get("_launch", "")
+    shard = num_processes if engine_name == "deepspeed" else 1
+    weights = parameters * weight_bytes / (num_processes if zero3 else 1)
+    optimizer = trainable * (12 + (4 if weight_bytes == 2 and engine_name == "deepspeed" else 0)) / shard
+    reference = parameters * weight_bytes if float(recipe.get("beta", 0.0)) > 0 and not recipe.get("use_peft") else 0
+    batch = int(recipe.get("per_device_train_batch_size", 8))
+    if method == "grpo":
+        prompt = int(recipe.get("max_prompt_length") or 512)
+        completion = int(recipe.get("max_completion_length", 256))
+        tokens = batch * (prompt + completion)
+    else:
+        tokens = batch * int(recipe.get("max_length") or 1024)
+    logits = min(tokens, 4096) * min(vocab, 32768) * 4  # one float32 tile of TRL's fused LM head
+    per_layer_token = (10 * hidden + 3 * intermediate) * act_bytes  # inputs of every linear, norms, MLP states
+    if recipe.get("gradient_checkpointing", method == "sft"):
+        activations = layers * tokens * hidden * act_bytes + tokens * per_layer_token
+    else:
+        activations = layers * tokens * per_layer_token
+    generation = 0.0
+    if method == "grpo":
+        if recipe.get("use_vllm"):
+            generation = float(recipe.get("vllm_gpu_memory_utilization", 0.3)) * gpu_memory_gb * GIB
+        else:
+            rows = batch * int(recipe.get("steps_per_generation") or recipe.get("gradient_accumulation_steps", 1))
+            generation = 2 * layers * kv_heads * head_dim * (prompt + completion) * rows * act_bytes
+    return MemoryEstimate(
+        weights=weights / GIB,
+        optimizer=optimizer / GIB,
+        reference=reference / GIB,
+        activations=activations / GIB,
+        logits=logits / GIB,
+        generation=generation / GIB,
+    )
+
+
+_ABOUT = re.compile(r"about\s+(\d+(?:\.\d+)?)\s*GB")
+
+
+def check_memory_header(where: str, headers: dict[str, str], estimate: MemoryEstimate) -> None:
+    """A GPU recipe's `# memory_per_gpu:` states this check's figure (within 10%, at least 1 GB) and fits the GPU."""
+    gpu_memory = float(headers["gpu_memory_gb"])
+    if estimate.total > gpu_memory:
+        raise ConfigError(
+            f"{where}: needs about {estimate.total:.1f} GB per GPU ({estimate.describe()}), more than the "
+            f"{gpu_memory:g} GB GPU it names; use LoRA (use_peft: true), gradient_checkpointing, a smaller "
+            "batch or vllm_gpu_memory_utilization, ZeRO, or a bigger GPU."
+        )
+    stated = _ABOUT.search(headers["memory_per_gpu"])
+    if (
+        not stated
+        or "computed" not in headers["memory_per_gpu"]
+        or (abs(float(stated.group(1)) - estimate.total) > max(1.0, 0.1 * estimate.total))
+    ):
+        raise ConfigError(
+            f"{where}: write '# memory_per_gpu: about {estimate.total:.0f} GB (computed by make check-recipes: "
+            f"{estimate.describe()}; not measured)'."
+        )
 
 
 def trainable_parameters(config, recipe: dict) -> tuple[int, int]:
@@ -230,13 +321,22 @@ def check_recipe(path: Path) -> RecipeReport:
     parameters = trainable = static = None
     if method in ("grpo", "sft"):
         parameters, trainable = trainable_parameters(config, recipe)
-        static = static_memory_gb(parameters, trainable, recipe)
-        gpu_memory = headers.get("gpu_memory_gb")
-        if gpu_memory and static > float(gpu_memory):
-            raise ConfigError(
-                f"{where}: weights, gradients and optimizer states need about {static:.1f} GB per GPU, more than "
-                f"the {gpu_memory} GB GPU it names; use LoRA (use_peft: true), ZeRO-3, or a bigger GPU."
+        if headers.get("gpu_memory_gb"):
+            with launch_environment(headers, where):
+                engine_name = engine(parsed[1])
+            recipe["_launch"] = headers.get("launch", "")
+            estimate = estimate_memory(
+                config,
+                recipe,
+                method,
+                parameters,
+                trainable,
+                engine_name,
+                num_processes,
+                float(headers["gpu_memory_gb"]),
             )
+            check_memory_header(where, headers, estimate)
+            static = estimate.total
     return RecipeReport(path, method, architecture, parameters, trainable, static, num_processes, batch)
 
 
