@@ -1,8 +1,11 @@
-"""The sampling backend of eval and teacher, on the tiny model with the real tokenizer (transformers' generate)."""
+"""The sampling backend of eval, teacher and CPU rollouts, on the tiny model with the real tokenizer."""
 
 from __future__ import annotations
 
-from trl_smallrl.generation import SamplingSettings, sample
+import pytest
+import torch
+
+from trl_smallrl.generation import SamplingSettings, sample, sample_tokens
 from trl_smallrl.tasks import get_task
 
 SETTINGS = SamplingSettings(num_samples=3, max_new_tokens=12, temperature=1.0, batch_size=2, seed=0)
@@ -23,7 +26,6 @@ def test_k_samples_per_prompt_with_lengths(tiny_model_dir, tokenizer):
     for completion in (c for row in samples for c in row):
         assert 1 <= completion.length <= SETTINGS.max_new_tokens
         assert completion.truncated == (completion.length == SETTINGS.max_new_tokens)  # no EOS before the end
-        assert len(tokenizer(completion.text, add_special_tokens=False)["input_ids"]) <= completion.length + 2
 
 
 def test_the_same_seed_gives_the_same_samples(tiny_model_dir):
@@ -38,3 +40,99 @@ def test_greedy_gives_one_deterministic_completion(tiny_model_dir):
     greedy = SamplingSettings(num_samples=1, max_new_tokens=6, temperature=0.0, batch_size=4)
     prompts = _prompts(2)
     assert sample(tiny_model_dir, prompts, greedy) == sample(tiny_model_dir, prompts, greedy)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _prompt_ids(tokenizer):
+    """Two identical prompts (a group), and two of other lengths: left padding, shared prefill, ragged ends."""
+    rows = get_task("kk").generate_rows(2, 2, seed=0) + get_task("kk").generate_rows(3, 1, seed=0)
+    ids = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True)["input_ids"] for r in rows]
+    return [ids[0], ids[0], ids[1], ids[2]]
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, eos_id):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=0)
+    outputs = []
+    for prompt in prompts:
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             generation_config=config)  # fmt: skip
+        outputs.append(out[0, len(prompt) :].tolist())
+    return outputs
+
+
+@pytest.mark.slow
+def test_sample_tokens_is_generate_token_for_token(embedded_model_dir):
+    """Greedy, so both are deterministic, on the real model (whose answers end at different lengths): the static
+    cache, the shared prefill, left padding and the rows dropped when they finish change where the time goes,
+    not a single token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    prompts = _prompt_ids(tokenizer)
+    ours = sample_tokens(model, prompts, max_new_tokens=48, eos_ids=[tokenizer.eos_token_id], pad_id=0, temperature=0)
+    assert ours == _generate(model, tokenizer, prompts, 48, tokenizer.eos_token_id)
+    ended = [c[-1] == tokenizer.eos_token_id for c in ours]
+    assert any(ended) and len({len(c) for c in ours}) > 1  # ragged ends: rows left the batch while others went on
+
+
+def test_sample_tokens_samples_with_the_global_seed(tiny):
+    model, tokenizer = tiny
+    prompts = _prompt_ids(tokenizer)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        draws.append(sample_tokens(model, prompts, max_new_tokens=12, eos_ids=[-1], pad_id=0, top_p=0.9, top_k=50))
+    assert draws[0] == draws[1]
+    assert draws[0][0] != draws[0][1]  # one prompt's group members are sampled independently
+
+
+def test_adapter_added_to_base_is_the_peft_model_and_restores_the_base_exactly(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trl_smallrl.grpo_trainer import adapter_added_to_base
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    ids = torch.tensor([[1, 17, 42, 256, 1000, 7]])
+    before = {name: p.detach().clone() for name, p in peft_model.named_parameters()}
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        with adapter_added_to_base(peft_model) as plain:
+            torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(peft_model(input_ids=ids).logits, expected, atol=0, rtol=0)
+    assert all(torch.equal(p, before[name]) for name, p in peft_model.named_parameters())
+
+
+def test_grpo_rollouts_on_a_cpu_match_trls_own_generation(tiny_model_dir, tmp_path):
+    """The trainer's CPU path (`sample_tokens`, LoRA added to the base) and TRL's `generate` path give the same
+    completions when sampling is deterministic (top_k 1)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOTrainer
+
+    from trl_smallrl.configs import GRPOConfig
+    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
+
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, top_k=1,
+                      max_completion_length=10, report_to="none", bf16=False)  # fmt: skip
+    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Say {i}."}]} for i in range(4)])
+    trainer = SmallRLGRPOTrainer(
+        model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+        train_dataset=prompts, peft_config=LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    )  # fmt: skip
+    ids = [trainer._tokenizer.apply_chat_template(p["prompt"], add_generation_prompt=True)["input_ids"]
+           for p in prompts for _ in range(2)]  # fmt: skip
+    assert trainer._samples_on_cpu(None, {})
+    ours, _ = trainer._generate_single_turn(ids, None, {}, 2)
+    theirs, _ = GRPOTrainer._generate_single_turn(trainer, ids, None, {}, 2)
+    assert ours == theirs and all(len(c) >= 1 for c in ours)
