@@ -99,7 +99,7 @@ def test_adapter_added_to_base_is_the_peft_model_and_restores_the_base_exactly(t
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trl_smallrl.grpo_trainer import adapter_added_to_base
+    from trl_smallrl.adapters import adapter_added_to_base
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()

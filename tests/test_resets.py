@@ -8,6 +8,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
 
+from trl_smallrl import grpo_trainer
 from trl_smallrl.configs import GRPOConfig
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
@@ -75,18 +76,28 @@ class Probe(TrainerCallback):
 
 
 class GenerationSpy:
-    """Wraps the real `generate` to record the generation config each call used."""
+    """Records the sampling settings of every rollout, on whichever path generates it: `generation.sample_tokens`
+    on a CPU, transformers' `generate` elsewhere. Both still run for real."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, monkeypatch):
         self.trainer, self.calls = trainer, []
         model = trainer.accelerator.unwrap_model(trainer.model)
-        self.original = model.generate
-        model.generate = self
+        original_generate, original_sample = model.generate, grpo_trainer.sample_tokens
 
-    def __call__(self, *args, **kwargs):
-        config = kwargs["generation_config"]
-        self.calls.append((self.trainer.state.global_step, config.temperature, config.top_p, config.max_new_tokens))
-        return self.original(*args, **kwargs)
+        def generate(*args, **kwargs):
+            config = kwargs["generation_config"]
+            self._record(config.temperature, config.top_p, config.max_new_tokens)
+            return original_generate(*args, **kwargs)
+
+        def sample_tokens(*args, **kwargs):
+            self._record(kwargs["temperature"], kwargs["top_p"], kwargs["max_new_tokens"])
+            return original_sample(*args, **kwargs)
+
+        model.generate = generate
+        monkeypatch.setattr(grpo_trainer, "sample_tokens", sample_tokens)
+
+    def _record(self, temperature, top_p, max_new_tokens):
+        self.calls.append((self.trainer.state.global_step, temperature, top_p, max_new_tokens))
 
 
 def _lora_b(trainer):
@@ -105,7 +116,6 @@ def reset_run(tmp_path_factory, tiny_model_dir):
     at_checkpoint = Probe(trainer, 3)
     for cb in (before, callback, after, at_checkpoint):
         trainer.add_callback(cb)
-    spy = GenerationSpy(trainer)
     adapters = {}
 
     class AdapterSnapshot(TrainerCallback):
@@ -113,7 +123,9 @@ def reset_run(tmp_path_factory, tiny_model_dir):
             adapters[state.global_step] = _lora_b(trainer)
 
     trainer.add_callback(AdapterSnapshot())
-    trainer.train()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        spy = GenerationSpy(trainer, monkeypatch)
+        trainer.train()
     return {
         "trainer": trainer, "callback": callback, "before": before, "after": after, "spy": spy,
         "adapters": adapters, "out": out, "at_checkpoint": at_checkpoint, "phase": phase,
@@ -156,13 +168,13 @@ def test_checkpoint_holds_phase_and_merged_weights(reset_run):
     assert (reset_run["out"] / "checkpoint-5" / STATE_FILE).is_file()
 
 
-def test_resume_in_phase_two_restores_phase_two(reset_run, tiny_model_dir):
+def test_resume_in_phase_two_restores_phase_two(reset_run, tiny_model_dir, monkeypatch):
     trainer, callback = _trainer(tiny_model_dir, reset_run["out"], [reset_run["phase"]], save_steps=3)
     callback.restore(str(reset_run["out"] / "checkpoint-3"))
     trainer.add_callback(callback)
     assert callback.phase == 1
     assert trainer.temperature == 0.7 and trainer.generation_config.max_new_tokens == 5
-    spy = GenerationSpy(trainer)
+    spy = GenerationSpy(trainer, monkeypatch)
     resumed_at = {}
 
     class FirstStep(TrainerCallback):
@@ -176,7 +188,7 @@ def test_resume_in_phase_two_restores_phase_two(reset_run, tiny_model_dir):
     # Merged base + phase-2 adapter from the checkpoint reproduce the policy of step 3 exactly.
     torch.testing.assert_close(resumed_at["logits"], reset_run["at_checkpoint"].logits, atol=1e-5, rtol=1e-5)
     assert trainer.state.global_step == 5 and callback.phase == 1
-    assert all(call[1:] == (0.7, 0.9, 5) for call in spy.calls)
+    assert spy.calls and all(call[1:] == (0.7, 0.9, 5) for call in spy.calls)
     assert trainer.accelerator.unwrap_model(trainer.model).peft_config["default"].r == 8
     # The schedule still spans the steps after the reset (3 of them), as in the uninterrupted run.
     assert trainer.lr_scheduler.lr_lambdas[0](1) == reset_run["trainer"].lr_scheduler.lr_lambdas[0](1)

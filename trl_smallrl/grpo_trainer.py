@@ -23,15 +23,14 @@ Checkpoints appear whole (`checkpoints.AtomicCheckpointMixin`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+from trl_smallrl.adapters import adapter_added_to_base
 from trl_smallrl.checkpoints import AtomicCheckpointMixin
 from trl_smallrl.completions import completion_text
 from trl_smallrl.configs import ROW_MEAN_LOSSES
@@ -39,7 +38,6 @@ from trl_smallrl.curriculum import CurriculumSampler, per_prompt
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.generation import sample_tokens, supports_sample_tokens
 from trl_smallrl.monitors import NonFiniteError, completion_health, health_metrics
-from trl_smallrl.resets import merge_adapter_float32
 from trl_smallrl.rewards import follow_completion_budget, score_rows
 
 logger = logging.getLogger(__name__)
@@ -74,26 +72,6 @@ def replace_rows(dst: dict, src: dict, dst_rows: list[int], src_rows: list[int],
         value[dst_rows] = other[src_rows]
         out[key] = value
     return out
-
-
-@contextlib.contextmanager
-def adapter_added_to_base(model):
-    """A PEFT model as one plain model for generation: its LoRA update added into the base weights (in float32)
-    with the adapter layers switched off, then the base weights restored exactly. Generation then runs one
-    matmul per layer instead of three, and, unlike PEFT's merge and unmerge, the base does not drift."""
-    if not isinstance(model, PeftModel):
-        yield model
-        return
-    bases = [m.get_base_layer() for m in model.modules() if isinstance(m, LoraLayer) and m.active_adapters]
-    saved = [base.weight.detach().clone() for base in bases]
-    try:
-        with model.disable_adapter(), torch.no_grad():
-            merge_adapter_float32(model)
-            yield model.get_base_model()
-    finally:
-        with torch.no_grad():
-            for base, weight in zip(bases, saved):
-                base.weight.copy_(weight)
 
 
 def _temperature_cell(model):

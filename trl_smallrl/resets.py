@@ -44,6 +44,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from trl_smallrl import atomic
+from trl_smallrl.adapters import base_weight_name, merge_adapter_float32
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.models import MERGED_BASE_FILE
 
@@ -121,38 +122,6 @@ def _peft_model(model):
     return model if isinstance(model, PeftModel) else None
 
 
-def _base_weight_name(name: str) -> str:
-    """Name of a parameter in the plain base model (PEFT wraps targeted layers in `base_layer`)."""
-    name = name.removeprefix("base_model.model.")
-    return name.replace(".base_layer.", ".")
-
-
-def merge_adapter_float32(peft_model) -> set[str]:
-    """Add the active LoRA update to the base weights, computing in float32; return the merged weights' names.
-
-    The adapter itself is left in place (the caller deletes it). The base weights keep their dtype: a bf16
-    base is rounded once per reset, and never unmerged.
-    """
-    import torch
-    from peft.tuners.lora import LoraLayer
-
-    merged = set()
-    for name, module in peft_model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        for adapter in module.active_adapters:
-            if adapter not in module.lora_A:
-                continue
-            module.lora_A[adapter].float()
-            module.lora_B[adapter].float()
-            with torch.no_grad():
-                delta = module.get_delta_weight(adapter).float()
-                weight = module.get_base_layer().weight
-                weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
-            merged.add(_base_weight_name(f"{name}.base_layer.weight"))
-    return merged
-
-
 def _lora_config(template, phase_overrides: Mapping[str, Any]):
     """The next adapter's config: the previous one with the phase's rank, alpha and target modules."""
     import dataclasses
@@ -171,7 +140,7 @@ def _lora_config(template, phase_overrides: Mapping[str, Any]):
 
 
 def _named_base_weights(peft_model) -> dict[str, Any]:
-    return {_base_weight_name(name): param for name, param in peft_model.named_parameters() if "lora_" not in name}
+    return {base_weight_name(name): param for name, param in peft_model.named_parameters() if "lora_" not in name}
 
 
 def save_merged_base(peft_model, names: Sequence[str], path: str | os.PathLike) -> None:
