@@ -123,12 +123,9 @@ def _timed(base):
     return Timed
 
 
-def _train_timed(trainer, warm: int) -> dict:
-    """Train with a step clock; medians and sums over the steps after `warm`."""
-    import torch
+def step_clock(step_times: list[float]):
+    """A callback that appends each optimizer step's wall time to `step_times`."""
     from transformers import TrainerCallback
-
-    step_times: list[float] = []
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -137,8 +134,24 @@ def _train_timed(trainer, warm: int) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             step_times.append(time.perf_counter() - self.start)
 
+    return StepClock()
+
+
+def load_line(load: tuple[float, float, float], cores: int) -> str:
+    """What the load average at the end says about the figures: the benchmark alone keeps it near the core count."""
+    text = "Load average (1, 5, 15 min) when the run ended: {:.1f}, {:.1f}, {:.1f} on {} cores; ".format(*load, cores)
+    if max(load) > cores + 0.5:
+        return text + "above the core count: other processes shared the CPU, and the times are slower than idle."
+    return text + "at most the core count, which the benchmark's own threads fill: nothing else shared the CPU."
+
+
+def _train_timed(trainer, warm: int) -> dict:
+    """Train with a step clock; medians and sums over the steps after `warm`."""
+    import torch
+
+    step_times: list[float] = []
     trainer.bench_records = []
-    trainer.add_callback(StepClock())
+    trainer.add_callback(step_clock(step_times))
     trainer.train()
     records = trainer.bench_records[warm:]
     steps = step_times[warm:]
@@ -319,24 +332,14 @@ def eval_case(case: dict) -> dict:
 
 def sft_case(case: dict) -> dict:
     """Goal 4: the SFT warm-up recipe for a few steps with given overrides: tokens per second and losses."""
-    from transformers import TrainerCallback
-
     from trl_smallrl import sft
 
     step_times: list[float] = []
-
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step_times.append(time.perf_counter() - self.start)
-
     build = sft.build_trainer
 
     def timed_build(*args):
         trainer = build(*args)
-        trainer.add_callback(StepClock())
+        trainer.add_callback(step_clock(step_times))
         return trainer
 
     sft.build_trainer = timed_build  # this subprocess only: the run loop builds the trainer
@@ -635,10 +638,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Written by `{COMMAND}` (`python -m tools.bench`) on {today}, in "
         f"{(time.perf_counter() - started) / 60:.1f} minutes.",
         f"Machine: {machine()}.",
-        "Load average (1, 5, 15 min) when the run ended: {:.1f}, {:.1f}, {:.1f}; above the core count, other"
-        " processes shared the CPU and the absolute times are slower than on an idle machine.".format(
-            *os.getloadavg()
-        ),
+        load_line(os.getloadavg(), os.cpu_count() or 1),
         "",
         "Goals of the throughput issue, from this run: completion tok/s of the recipe over plain TRL "
         f"{goals['goal1_ratio']:.2f}x (goal 3x); rollouts at {goals['goal2_share']:.0%} of their bound (goal 50%); "
