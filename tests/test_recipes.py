@@ -76,7 +76,7 @@ def test_memory_header_must_state_the_computed_figure(tmp_path):
         check_recipe(path)
     report = check_with_computed_memory(path)
     path.write_text(
-        path.read_text().replace(f"about {report.static_gb:.0f} GB", f"about {report.static_gb * 2:.0f} GB")
+        path.read_text().replace(f"about {report.memory_gb:.0f} GB", f"about {report.memory_gb * 2:.0f} GB")
     )
     with pytest.raises(ConfigError, match="write '# memory_per_gpu"):  # a figure far from the computed one
         check_recipe(path)

@@ -83,7 +83,7 @@ class RecipeReport:
     model: str
     parameters: int | None
     trainable: int | None
-    static_gb: float | None
+    memory_gb: float | None  # the computed peak of one GPU
     num_processes: int
     generation_batch: int | None
 
@@ -91,8 +91,8 @@ class RecipeReport:
         parts = [f"ok  {self.path}", f"{self.method}", f"model {self.model}"]
         if self.parameters:
             parts.append(f"{self.parameters / 1e6:.0f}M params ({self.trainable / 1e6:.1f}M trained)")
-        if self.static_gb is not None:
-            parts.append(f"about {self.static_gb:.1f} GB/GPU")
+        if self.memory_gb is not None:
+            parts.append(f"about {self.memory_gb:.1f} GB/GPU")
         if self.generation_batch:
             parts.append(f"{self.generation_batch} completions/generation over {self.num_processes} process(es)")
         return ", ".join(parts)
@@ -180,7 +180,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(config, recipe: dict, method: str, parameters: int, trainable: int, engine_name: str,
-                    num_processes: int, gpu_memory_gb: float) -> MemoryEstimate:  # fmt: skip
+                    zero3: bool, num_processes: int, gpu_memory_gb: float) -> MemoryEstimate:  # fmt: skip
     """What one GPU holds at the peak of a step, from the recipe's dtype, batch, lengths and engine.
 
     Weights in the recipe's dtype; trainable parameters carry a float32 gradient and two AdamW moments (and a
@@ -198,9 +198,8 @@ def estimate_memory(config, recipe: dict, method: str, parameters: int, trainabl
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     weight_bytes = 4 if recipe.get("dtype") == "float32" else 2
     act_bytes = 2 if recipe.get("bf16", True) or recipe.get("fp16") else 4
-    zero3 = engine_name == "deepspeed" and "zero3" in recipe.get("_launch", "")
     shard = num_processes if engine_name == "deepspeed" else 1
-    weights = parameters * weight_bytes / (num_processes if zero3 else 1)
+    weights = parameters * weight_bytes / (num_processes if engine_name == "deepspeed" and zero3 else 1)
     optimizer = trainable * (12 + (4 if weight_bytes == 2 and engine_name == "deepspeed" else 0)) / shard
     reference = parameters * weight_bytes if float(recipe.get("beta", 0.0)) > 0 and not recipe.get("use_peft") else 0
     batch = int(recipe.get("per_device_train_batch_size", 8))
@@ -318,13 +317,12 @@ def check_recipe(path: Path) -> RecipeReport:
         config = architecture_config(architecture)
     else:
         raise ConfigError(f"{where}: {model!r} is a run folder; add '# base_model: <hub id>' to the header.")
-    parameters = trainable = static = None
+    parameters = trainable = memory_gb = None
     if method in ("grpo", "sft"):
         parameters, trainable = trainable_parameters(config, recipe)
         if headers.get("gpu_memory_gb"):
             with launch_environment(headers, where):
                 engine_name = engine(parsed[1])
-            recipe["_launch"] = headers.get("launch", "")
             estimate = estimate_memory(
                 config,
                 recipe,
@@ -332,12 +330,13 @@ def check_recipe(path: Path) -> RecipeReport:
                 parameters,
                 trainable,
                 engine_name,
+                "zero3" in headers.get("launch", ""),  # the accelerate config's name says the ZeRO stage
                 num_processes,
                 float(headers["gpu_memory_gb"]),
             )
             check_memory_header(where, headers, estimate)
-            static = estimate.total
-    return RecipeReport(path, method, architecture, parameters, trainable, static, num_processes, batch)
+            memory_gb = estimate.total
+    return RecipeReport(path, method, architecture, parameters, trainable, memory_gb, num_processes, batch)
 
 
 def all_recipes(root: Path = RECIPES_DIR) -> list[Path]:
