@@ -65,11 +65,12 @@ sft: install
 	$(LAUNCH) trl_smallrl.sft --config $(or $(RECIPE),$(SFT_RECIPE)) $(ARGS)
 
 # The default GRPO recipe starts from the SFT warm-up (a cold 135M model gets zero reward, hence no gradient):
-# `make grpo` runs `make sft` first when its output is missing, and reuses it afterwards.
-grpo: install $(if $(RECIPE),,$(SFT_OUTPUT)/adapter_config.json)
+# `make grpo` runs `make sft` first when its output is missing (trainer_state.json is written when SFT ends, LoRA or
+# full), and reuses it afterwards.
+grpo: install $(if $(RECIPE),,$(SFT_OUTPUT)/trainer_state.json)
 	$(LAUNCH) trl_smallrl.grpo --config $(or $(RECIPE),$(GRPO_RECIPE)) $(ARGS)
 
-$(SFT_OUTPUT)/adapter_config.json: | install
+$(SFT_OUTPUT)/trainer_state.json: | install
 	$(MAKE) sft RECIPE= ARGS=
 
 eval: install
