@@ -73,12 +73,31 @@ def test_summary_and_table_on_a_known_result():
     }
     lines = results_table(result).splitlines()
     assert lines[0] == "| level | model | prompts | pass@1 | pass@2 | format | mean tokens | truncated |"
-    assert lines[2] == "| 2 | base | 2 | 0.625 | 0.750 | 0.750 | 17.5 | 0.000 |"
-    assert lines[3] == "| 2 | grpo | 2 | 1.000 | 1.000 | 1.000 | 10.0 | 0.000 |"
-    assert lines[4].startswith("| 3 | base | 1 | 0.000 | 0.000 |")
+    # pass@1 of level 2 is the mean of 0.25 and 1.0; its half-width 1.96 * sd / sqrt(2), sd = 0.75 / sqrt(2)
+    assert lines[2] == "| 2 | base | 2 | 0.625 ± 0.735 | 0.750 ± 0.490 | 0.750 | 17.5 | 0.000 |"
+    assert lines[3] == "| 2 | grpo | 2 | 1.000 ± 0.000 | 1.000 ± 0.000 | 1.000 | 10.0 | 0.000 |"
+    assert lines[4].startswith("| 3 | base | 1 | 0.000 | 0.000 |")  # one prompt: no interval
     assert lines[5].startswith("| 3 | grpo | 1 | 0.250 | 0.500 |")
-    assert lines[-1].startswith("| all | grpo | 3 | 0.750 |")
-    assert len(lines) == 8
+    assert lines[7].startswith("| all | grpo | 3 | 0.750 ± ")
+    # grpo minus base, prompt by prompt: level 2 gains 0.75 and 0 at pass@1, level 3 gains 0.25 on one prompt
+    assert lines[9] == "grpo minus base, paired by prompt (95% interval):"
+    assert lines[13] == "| 2 | +0.375 ± 0.735 | +0.250 ± 0.490 |"
+    assert lines[14] == "| 3 | +0.250 | +0.500 |"
+    assert len(lines) == 16
+
+
+def test_interval_of_a_mean_and_paired_difference():
+    from trl_smallrl.evaluation import mean_interval, paired_differences
+
+    assert mean_interval([0.0, 1.0] * 50) == pytest.approx((0.5, 1.959964 * math.sqrt(0.25 * 100 / 99 / 100)))
+    assert mean_interval([0.3]) == (0.3, None)
+    before = summarize([record(2, [False, True]), record(2, [True, True]), record(2, [False, False])], [1])
+    after = summarize([record(2, [True, True]), record(2, [True, True]), record(2, [False, True])], [1])
+    # The same gain on every prompt would be certain however small; here the gains are 0.5, 0 and 0.5
+    difference, half = paired_differences(before, after, [1])["2"]["pass@1"]
+    assert difference == pytest.approx(1 / 3) and half == pytest.approx(1.959964 * math.sqrt(1 / 12 / 3))
+    fewer = summarize([record(2, [True, True])], [1])
+    assert "2" not in paired_differences(before, fewer, [1])  # different rows are never paired
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,16 @@ count the correct ones with the same verifier the rewards use (`Task.score`), an
 unbiased pass@k of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code"), the share of
 completions in the strict `<think>/<answer>` format, and the mean completion length. The per-prompt counts
 are kept in the JSON so that pass@k curves for any k <= n can be drawn later without sampling again.
+
+Each pass@k comes with a 95% interval, and each model with its difference from the model listed before it
+(base -> SFT -> GRPO), paired prompt by prompt: every model answers the same rows, so the paired interval is
+the honest test of "this stage added something" (Miller 2024, "Adding Error Bars to Evals").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +32,7 @@ from trl_smallrl.recipe import parse_recipe
 from trl_smallrl.tasks import build_dataset, get_task
 
 ALL_LEVELS = "all"
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,6 +49,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         product *= 1.0 - k / i
     return 1.0 - product
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean of per-prompt scores and the half-width of its 95% interval, z * sd / sqrt(m).
+
+    The prompts are the sampled unit (the samples of one prompt are not independent), so the spread is taken
+    over per-prompt scores, as the central limit theorem gives it. With every prompt alike (all 0 or all 1)
+    the half-width is 0: say how many prompts there were beside such a figure. One prompt has no interval (None).
+    """
+    m = len(values)
+    mean = sum(values) / m
+    if m < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (m - 1)
+    return mean, Z_95 * math.sqrt(variance / m)
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
@@ -121,11 +142,13 @@ def summarize(records: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[s
         flat = [value for record in group for value in record["formatted"]]
         lengths = [value for record in group for value in record["lengths"]]
         truncated = [value for record in group for value in record["truncated"]]
+        intervals = {k: mean_interval([pass_at_k(n, c, k) for c in counts]) for k in ks}
         summary[level] = {
             "prompts": len(group),
             "num_samples": n,
             "correct_counts": counts,
-            **{f"pass@{k}": sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks},
+            **{f"pass@{k}": mean for k, (mean, _) in intervals.items()},
+            **{f"pass@{k}_ci95": half for k, (_, half) in intervals.items()},
             "format_rate": sum(flat) / len(flat),
             "mean_length": sum(lengths) / len(lengths),
             "truncated_rate": sum(truncated) / len(truncated),
@@ -133,8 +156,41 @@ def summarize(records: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[s
     return summary
 
 
+def paired_differences(
+    before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]], ks: Sequence[int]
+) -> dict[str, dict[str, list[float]]]:
+    """Per level, pass@k of `after` minus that of `before` and the 95% half-width, paired prompt by prompt.
+
+    Both summaries must come from the same rows in the same order (as `evaluate` gives every model); a level
+    whose prompt count differs is left out rather than paired wrongly.
+    """
+    differences = {}
+    for level, stats in after.items():
+        other = before.get(level)
+        if other is None or other["prompts"] != stats["prompts"]:
+            continue
+        n_before, n_after = other["num_samples"], stats["num_samples"]
+        differences[level] = {
+            f"pass@{k}": list(
+                mean_interval(
+                    [
+                        pass_at_k(n_after, c_after, k) - pass_at_k(n_before, c_before, k)
+                        for c_before, c_after in zip(other["correct_counts"], stats["correct_counts"], strict=True)
+                    ]
+                )
+            )
+            for k in ks
+        }
+    return differences
+
+
+def _with_interval(value: float, half_width: float | None, sign: str = "") -> str:
+    return f"{value:{sign}.3f}" if half_width is None else f"{value:{sign}.3f} ± {half_width:.3f}"
+
+
 def results_table(result: Mapping[str, Any]) -> str:
-    """A Markdown table of an eval result: one row per level and model (models side by side per level)."""
+    """Markdown tables of an eval result: one row per level and model (models side by side per level), pass@k
+    with its 95% half-width; then, with several models, each one's paired difference from the one before."""
     ks = result["spec"]["k"]
     header = ["level", "model", "prompts", *[f"pass@{k}" for k in ks], "format", "mean tokens", "truncated"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
@@ -151,12 +207,22 @@ def results_table(result: Mapping[str, Any]) -> str:
                 level,
                 model["label"],
                 str(stats["prompts"]),
-                *[f"{stats[f'pass@{k}']:.3f}" for k in ks],
+                *[_with_interval(stats[f"pass@{k}"], stats.get(f"pass@{k}_ci95")) for k in ks],
                 f"{stats['format_rate']:.3f}",
                 f"{stats['mean_length']:.1f}",
                 f"{stats['truncated_rate']:.3f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    for previous, model in zip(result["models"], result["models"][1:]):
+        differences = paired_differences(previous["levels"], model["levels"], ks)
+        if not differences:
+            continue
+        lines += ["", f"{model['label']} minus {previous['label']}, paired by prompt (95% interval):", ""]
+        lines += ["| level | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        for level in levels:
+            if level in differences:
+                cells = [_with_interval(*differences[level][f"pass@{k}"], sign="+") for k in ks]
+                lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
