@@ -1,0 +1,81 @@
+"""How often a model's K&K answers give every person the same role, beside how often the true answers do.
+
+A model that has learned a shortcut instead of the logic ("everyone is a knight") can still score above chance
+on small puzzles, and its pass@k will not show it. This reads an eval's saved completions
+(`<eval_output_dir>/completions/<label>.jsonl`), rebuilds the eval rows from the same recipe (the completions
+are stored in row order), and reports per level: the answers that give every person exactly one role, the
+share of them in which all roles are equal, and that share among the true answers of the same rows.
+
+    python -m tools.kk_answer_roles --config recipes/smollm2-135m-instruct/eval/kk_levels.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trl_smallrl.configs import DataArguments, EvalArguments
+from trl_smallrl.recipe import parse_recipe
+from trl_smallrl.tasks import build_dataset, get_task
+from trl_smallrl.tasks.knights_knaves import parse_roles
+from trl_smallrl.tasks.knights_knaves_logic import Roles
+
+
+def assigned_roles(answer: str | None, row: Mapping[str, Any]) -> list[bool] | None:
+    """The role the answer gives each person, or None unless it gives every person exactly one role."""
+    if answer is None:
+        return None
+    given, foreign = parse_roles(answer, [str(n) for n in row["names"]], Roles.of(row))
+    roles = [given.get(i, set()) for i in range(len(row["names"]))]
+    if foreign or any(len(r) != 1 for r in roles):
+        return None
+    return [next(iter(r)) for r in roles]
+
+
+def same_role_shares(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """Per level (and "all"): answers with one role each, the share of them all-equal, and the truth's share."""
+    task = get_task("knights_knaves")
+    counts: dict[str, list[int]] = {}  # level -> [answers, all-equal answers, rows, all-equal truths]
+    for row, record in zip(rows, records, strict=True):
+        if record["answer"] != row["answer"]:
+            raise ValueError("the completions do not match the recipe's eval rows; give the recipe that made them.")
+        truth_equal = len(set(row["solution"])) == 1
+        for level in (str(row["level"]), "all"):
+            tally = counts.setdefault(level, [0, 0, 0, 0])
+            tally[2] += 1
+            tally[3] += truth_equal
+            for text in record["texts"]:
+                roles = assigned_roles(task.extract_answer(text), row)
+                if roles is not None:
+                    tally[0] += 1
+                    tally[1] += len(set(roles)) == 1
+    return {
+        level: {
+            "answers": answers,
+            "same_role_share": equal / answers if answers else None,
+            "true_same_role_share": truths_equal / n_rows,
+        }
+        for level, (answers, equal, n_rows, truths_equal) in counts.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    data_args, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
+    rows = list(build_dataset(data_args, "eval"))
+    folder = Path(eval_args.eval_output_dir) / "completions"
+    print("| model | level | answers with one role each | all the same role | among true answers |")
+    print("|---|---|---:|---:|---:|")
+    for path in sorted(folder.glob("*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        shares = same_role_shares(rows, records)
+        for level in sorted(shares, key=lambda level: (level == "all", int(level) if level.isdigit() else 0)):
+            stats = shares[level]
+            share = "-" if stats["same_role_share"] is None else f"{stats['same_role_share']:.3f}"
+            print(f"| {path.stem} | {level} | {stats['answers']} | {share} | {stats['true_same_role_share']:.3f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
