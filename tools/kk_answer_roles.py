@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trl_smallrl.configs import DataArguments, EvalArguments
+from trl_smallrl.evaluation import ALL_LEVELS, level_order
 from trl_smallrl.recipe import parse_recipe
 from trl_smallrl.tasks import build_dataset, get_task
 from trl_smallrl.tasks.knights_knaves import parse_roles
@@ -36,14 +37,15 @@ def assigned_roles(answer: str | None, row: Mapping[str, Any]) -> list[bool] | N
 
 
 def same_role_shares(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
-    """Per level (and "all"): answers with one role each, the share of them all-equal, and the truth's share."""
+    """Per level (and over all rows, under "all"): answers with one role each, the share of them all-equal, and the
+    truth's share."""
     task = get_task("knights_knaves")
     counts: dict[str, list[int]] = {}  # level -> [answers, all-equal answers, rows, all-equal truths]
     for row, record in zip(rows, records, strict=True):
         if record["answer"] != row["answer"]:
             raise ValueError("the completions do not match the recipe's eval rows; give the recipe that made them.")
         truth_equal = len(set(row["solution"])) == 1
-        for level in (str(row["level"]), "all"):
+        for level in (str(row["level"]), ALL_LEVELS):
             tally = counts.setdefault(level, [0, 0, 0, 0])
             tally[2] += 1
             tally[3] += truth_equal
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in sorted(folder.glob("*.jsonl")):
         records = [json.loads(line) for line in path.read_text().splitlines()]
         shares = same_role_shares(rows, records)
-        for level in sorted(shares, key=lambda level: (level == "all", int(level) if level.isdigit() else 0)):
+        for level in sorted(shares, key=level_order):
             stats = shares[level]
             share = "-" if stats["same_role_share"] is None else f"{stats['same_role_share']:.3f}"
             print(f"| {path.stem} | {level} | {stats['answers']} | {share} | {stats['true_same_role_share']:.3f} |")

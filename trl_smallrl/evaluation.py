@@ -35,6 +35,11 @@ ALL_LEVELS = "all"
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
+def level_order(level: str) -> tuple[bool, int]:
+    """Sort key of summary levels: numeric levels in order, then "all"."""
+    return level == ALL_LEVELS, int(level) if level.lstrip("-").isdigit() else 0
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct: 1 - C(n - c, k) / C(n, k).
 
@@ -158,7 +163,7 @@ def summarize(records: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[s
 
 def paired_differences(
     before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]], ks: Sequence[int]
-) -> dict[str, dict[str, list[float]]]:
+) -> dict[str, dict[str, tuple[float, float | None]]]:
     """Per level, pass@k of `after` minus that of `before` and the 95% half-width, paired prompt by prompt.
 
     Both summaries must come from the same rows in the same order (as `evaluate` gives every model); a level
@@ -171,13 +176,11 @@ def paired_differences(
             continue
         n_before, n_after = other["num_samples"], stats["num_samples"]
         differences[level] = {
-            f"pass@{k}": list(
-                mean_interval(
-                    [
-                        pass_at_k(n_after, c_after, k) - pass_at_k(n_before, c_before, k)
-                        for c_before, c_after in zip(other["correct_counts"], stats["correct_counts"], strict=True)
-                    ]
-                )
+            f"pass@{k}": mean_interval(
+                [
+                    pass_at_k(n_after, c_after, k) - pass_at_k(n_before, c_before, k)
+                    for c_before, c_after in zip(other["correct_counts"], stats["correct_counts"], strict=True)
+                ]
             )
             for k in ks
         }
@@ -197,7 +200,7 @@ def results_table(result: Mapping[str, Any]) -> str:
     levels = []
     for model in result["models"]:
         levels += [level for level in model["levels"] if level not in levels]
-    levels.sort(key=lambda level: (level == ALL_LEVELS, int(level) if level.lstrip("-").isdigit() else 0))
+    levels.sort(key=level_order)
     for level in levels:
         for model in result["models"]:
             stats = model["levels"].get(level)
