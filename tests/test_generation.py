@@ -136,3 +136,32 @@ def test_grpo_rollouts_on_a_cpu_match_trls_own_generation(tiny_model_dir, tmp_pa
     ours, _ = trainer._generate_single_turn(ids, None, {}, 2)
     theirs, _ = GRPOTrainer._generate_single_turn(trainer, ids, None, {}, 2)
     assert ours == theirs and all(len(c) >= 1 for c in ours)
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "top_k", "candidates"), [
+    (1.0, 1.0, 0, 256), (0.7, 0.8, 0, 256), (0.7, 0.8, 0, 2), (1.3, 0.9, 4, 256),
+])  # fmt: skip
+def test_sampling_draws_transformers_distribution(monkeypatch, temperature, top_p, top_k, candidates):
+    """Each row's draws follow the distribution transformers' warpers give (temperature, top-k, then top-p),
+    tokens outside it never come, and a nucleus wider than the first candidates is still found whole."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from trl_smallrl import generation
+
+    monkeypatch.setattr(generation, "NUCLEUS_CANDIDATES", candidates)
+    torch.manual_seed(0)
+    logits = torch.randn(3, 12) * 2
+    warped = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p < 1.0:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    expected = warped.softmax(-1)
+    draws = 20000
+    picks = generation._sample(logits.repeat_interleave(draws, 0), temperature, top_p, top_k).view(3, draws)
+    counts = torch.stack([torch.bincount(row, minlength=12) for row in picks]).double()
+    assert counts[expected == 0].sum() == 0
+    sd = (expected * (1 - expected) / draws).sqrt().double()
+    assert ((counts / draws - expected).abs() <= 5 * sd + 1e-9).all()
+    if candidates < 12:  # the nucleus is wider than the first candidates: the search had to widen
+        assert (expected > 0).sum(-1).max() > candidates
