@@ -80,6 +80,7 @@ def test_sample_tokens_is_generate_token_for_token(embedded_model_dir):
     prompts = _prompt_ids(tokenizer)
     ours = sample_tokens(model, prompts, max_new_tokens=48, eos_ids=[tokenizer.eos_token_id], pad_id=0, temperature=0)
     assert ours == _generate(model, tokenizer, prompts, 48, tokenizer.eos_token_id)
+    assert model.config._attn_implementation == "sdpa"  # the attention over the filled cache was for the call only
     ended = [c[-1] == tokenizer.eos_token_id for c in ours]
     assert any(ended) and len({len(c) for c in ours}) > 1  # ragged ends: rows left the batch while others went on
 

@@ -18,7 +18,8 @@ than MKL on such CPUs.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from trl_smallrl.models import resolve_model
@@ -97,7 +98,8 @@ def sample_tokens(
     head = _lm_head(model)
     cache = StaticCache(config=model.config, max_cache_len=length)
     eos = torch.tensor(sorted(set(eos_ids)))
-    with torch.inference_mode():
+    with torch.inference_mode(), _attention_over_filled_cache(model) as sliced:
+        filled = (lambda end: {"filled": end}) if sliced else (lambda end: {})
         hidden = backbone(
             input_ids=ids,
             attention_mask=mask[:, :width],
@@ -105,6 +107,7 @@ def sample_tokens(
             past_key_values=cache,
             cache_position=torch.arange(width),
             use_cache=True,
+            **filled(width),
         ).last_hidden_state[:, -1]
         expand = torch.tensor(row_prompt)
         cache.reorder_cache(expand)  # each completion gets its own copy of its prompt's cache
@@ -134,8 +137,43 @@ def sample_tokens(
                 past_key_values=cache,
                 cache_position=torch.tensor([width + step]),
                 use_cache=True,
+                **filled(width + step + 1),
             ).last_hidden_state[:, -1]
     return completions
+
+
+FILLED_SDPA = "smallrl_filled_sdpa"
+
+
+def _filled_sdpa(module, query, key, value, attention_mask, filled: int | None = None, **kwargs):
+    """Transformers' SDPA attention over the first `filled` positions of a static cache: the rest is masked out
+    anyway, and reading it cost a CPU decode step about a tenth of its time at 32 rows."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if filled is not None:
+        key, value = key[:, :, :filled], value[:, :, :filled]
+        attention_mask = None if attention_mask is None else attention_mask[..., :filled]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+@contextmanager
+def _attention_over_filled_cache(model) -> Iterator[bool]:
+    """Run `model` (an SDPA model) on `_filled_sdpa` inside the block, and say whether it does: its decoder layers
+    then take a `filled` keyword. Other attention implementations are left alone."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    previous = model.config._attn_implementation
+    if previous != "sdpa":
+        yield False
+        return
+    AttentionInterface.register(FILLED_SDPA, _filled_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(FILLED_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.set_attn_implementation(FILLED_SDPA)
+    try:
+        yield model.config._attn_implementation == FILLED_SDPA
+    finally:
+        model.set_attn_implementation(previous)
 
 
 NUCLEUS_CANDIDATES = 256  # the most likely tokens searched first for the top-p nucleus; more only when they fall short
