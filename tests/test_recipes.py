@@ -94,3 +94,16 @@ def test_missing_headers_and_unknown_keys_are_named(tmp_path):
         check_recipe(write(tmp_path, "model_name_or_path: someone/unknown\n"))
     with pytest.raises(ConfigError, match="run folder; add '# base_model: <hub id>'"):
         check_recipe(write(tmp_path, "model_name_or_path: outputs/some/run\n"))
+
+
+def test_the_zero_stage_comes_from_the_accelerate_config_not_its_name(tmp_path):
+    """ZeRO-3 shards the weights across the processes: the estimate reads `zero_stage` inside the file."""
+    zero3 = (Path(__file__).parents[1] / "accelerate_configs" / "zero3.yaml").read_text()
+    (tmp_path / "sharded.yaml").write_text(zero3)
+    (tmp_path / "zero3_named.yaml").write_text(zero3.replace("zero_stage: 3", "zero_stage: 2"))
+    body = "model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct\nnum_generations: 8\nper_device_train_batch_size: 8\n"
+    memory = {}
+    for name in ("sharded", "zero3_named"):
+        launch = f"# launch: accelerate launch --config_file {tmp_path / name}.yaml -m trl_smallrl.grpo\n"
+        memory[name] = check_with_computed_memory(write(tmp_path / name, launch + body)).memory_gb
+    assert memory["sharded"] < memory["zero3_named"]

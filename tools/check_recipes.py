@@ -98,17 +98,24 @@ class RecipeReport:
         return ", ".join(parts)
 
 
+def launch_config(headers: dict[str, str], where: str) -> dict:
+    """The accelerate config that the recipe's `# launch:` line names (empty when it names none)."""
+    match = re.search(r"--config_file\s+(\S+)", headers.get("launch", ""))
+    if not match:
+        return {}
+    config_path = ROOT / match.group(1)
+    if not config_path.is_file():
+        raise ConfigError(f"{where}: '# launch:' names {match.group(1)}, which does not exist.")
+    return yaml.safe_load(config_path.read_text()) or {}
+
+
 @contextlib.contextmanager
 def launch_environment(headers: dict[str, str], where: str) -> Iterator[None]:
     """The environment `accelerate launch` gives the processes of the recipe's `# launch:` line (its engine)."""
-    launch = headers.get("launch", "")
-    match = re.search(r"--config_file\s+(\S+)", launch)
+    config = launch_config(headers, where)
     env = {}
-    if match:
-        config_path = ROOT / match.group(1)
-        if not config_path.is_file():
-            raise ConfigError(f"{where}: '# launch:' names {match.group(1)}, which does not exist.")
-        distributed_type = (yaml.safe_load(config_path.read_text()) or {}).get("distributed_type")
+    if config:
+        distributed_type = config.get("distributed_type")
         env = {"ACCELERATE_USE_DEEPSPEED": str(distributed_type == "DEEPSPEED").lower(),
                "ACCELERATE_USE_FSDP": str(distributed_type == "FSDP").lower()}  # fmt: skip
     saved = {key: os.environ.get(key) for key in env}
@@ -330,7 +337,7 @@ def check_recipe(path: Path) -> RecipeReport:
                 parameters,
                 trainable,
                 engine_name,
-                "zero3" in headers.get("launch", ""),  # the accelerate config's name says the ZeRO stage
+                (launch_config(headers, where).get("deepspeed_config") or {}).get("zero_stage") == 3,
                 num_processes,
                 float(headers["gpu_memory_gb"]),
             )
