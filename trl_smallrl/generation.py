@@ -117,8 +117,8 @@ def sample_tokens(
         completions: list[list[int]] = [[] for _ in prompts]
         for step in range(max_new_tokens):
             tokens = _sample(head(hidden).float(), temperature, top_p, top_k)
-            for row, token in zip(alive.tolist(), tokens.tolist()):
-                if not finished[row]:
+            for row, token, done in zip(alive.tolist(), tokens.tolist(), finished[alive].tolist()):
+                if not done:
                     completions[row].append(token)
             finished[alive[torch.isin(tokens, eos)]] = True
             active = ~finished[alive]
