@@ -190,7 +190,8 @@ def grpo_case(case: dict) -> dict:
     model_path = case.get("model_path") or resolve_model(case["model"])
     if case["trainer"] == "recipe":  # the embedded recipe as users run it, on the model the case names
         argv = ["--config", str(GRPO_RECIPE), "--model_name_or_path", model_path, "--output_dir", str(work / "out"),
-                "--max_steps", str(case["steps"]), "--save_strategy", "no", "--report_to", "none"]  # fmt: skip
+                "--max_steps", str(case["steps"]), "--save_strategy", "no", "--report_to", "none",
+                *case.get("overrides", [])]  # fmt: skip
         script, training, model_args = parse_recipe(
             (configs.GRPOScriptArguments, configs.GRPOConfig, trl.ModelConfig), argv
         )
@@ -501,11 +502,17 @@ def eval_goal_section() -> tuple[str, dict]:
 
 
 def sft_goal_section(steps: int) -> tuple[str, dict]:
-    variants = [
-        ("the recipe before: micro-batch 2 x 4, LoRA dropout 0.05",
-         ["--lora_dropout", "0.05", "--train_sampling_strategy", "random"]),
-        ("now: LoRA dropout 0, batches grouped by length", []),
+    lora = ["--use_peft", "true", "--lora_r", "32", "--lora_alpha", "64", "--lora_target_modules", "all-linear",
+            "--learning_rate", "2e-4"]  # fmt: skip
+    variants = [  # the first is the recipe when the throughput issue was filed, on today's traces
+        ("the recipe before: LoRA r 32 (dropout 0.05), micro-batch 2 x 4, random order",
+         [*lora, "--lora_dropout", "0.05", "--train_sampling_strategy", "random"]),
+        ("LoRA r 32 (dropout 0), micro-batch 2 x 4, batches grouped by length", [*lora, "--lora_dropout", "0"]),
+        ("now: full fine-tune, micro-batch 2 x 4, batches grouped by length", []),
+        ("full fine-tune, micro-batch 8 x 1, batches grouped by length",
+         ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]),
     ]  # fmt: skip
+    recipe = 2
     lines = [
         "## 5. Goal 4: SFT warm-up",
         "",
@@ -523,8 +530,8 @@ def sft_goal_section(steps: int) -> tuple[str, dict]:
             f"| {label} | {r['seconds']:.0f} | {r['tokens']:.0f} | {rates[-1]:.0f} | {r['losses'][-1]:.3f} | "
             f"{r['peak_rss_gib']:.1f} |"
         )
-    lines += ["", f"**Ratio now / before: {rates[1] / rates[0]:.2f}** (goal >= 3).", ""]
-    return "\n".join(lines), {"goal4_ratio": rates[1] / rates[0]}
+    lines += ["", f"**Ratio now / before: {rates[recipe] / rates[0]:.2f}** (goal >= 3).", ""]
+    return "\n".join(lines), {"goal4_ratio": rates[recipe] / rates[0]}
 
 
 def dynamic_sampling_section(tiny_model: str) -> str:
