@@ -45,15 +45,13 @@ def same_role_shares(rows: Sequence[Mapping[str, Any]], records: Sequence[Mappin
         if record["answer"] != row["answer"]:
             raise ValueError("the completions do not match the recipe's eval rows; give the recipe that made them.")
         truth_equal = len(set(row["solution"])) == 1
+        answered = [roles for text in record["texts"] if (roles := assigned_roles(task.extract_answer(text), row))]
         for level in (str(row["level"]), ALL_LEVELS):
             tally = counts.setdefault(level, [0, 0, 0, 0])
+            tally[0] += len(answered)
+            tally[1] += sum(len(set(roles)) == 1 for roles in answered)
             tally[2] += 1
             tally[3] += truth_equal
-            for text in record["texts"]:
-                roles = assigned_roles(task.extract_answer(text), row)
-                if roles is not None:
-                    tally[0] += 1
-                    tally[1] += len(set(roles)) == 1
     return {
         level: {
             "answers": answers,
