@@ -110,9 +110,8 @@ def launch_config(headers: dict[str, str], where: str) -> dict:
 
 
 @contextlib.contextmanager
-def launch_environment(headers: dict[str, str], where: str) -> Iterator[None]:
-    """The environment `accelerate launch` gives the processes of the recipe's `# launch:` line (its engine)."""
-    config = launch_config(headers, where)
+def launch_environment(config: dict) -> Iterator[None]:
+    """The environment `accelerate launch` gives the processes of an accelerate config (`launch_config`): its engine."""
     env = {}
     if config:
         distributed_type = config.get("distributed_type")
@@ -308,8 +307,9 @@ def check_recipe(path: Path) -> RecipeReport:
     get_task(parsed[0].task)
     if method == "grpo":
         get_reward_funcs(parsed[0].reward_funcs, **vars(parsed[0]))
+    launch = launch_config(headers, where) if method in ("grpo", "sft") else {}
     if method in ("grpo", "sft"):
-        with launch_environment(headers, where):
+        with launch_environment(launch):
             check_engine_combinations(parsed[1], parsed[2])  # dtype `auto` of a Hub model is not known here
 
     model = recipe.get("model_name_or_path")
@@ -328,7 +328,7 @@ def check_recipe(path: Path) -> RecipeReport:
     if method in ("grpo", "sft"):
         parameters, trainable = trainable_parameters(config, recipe)
         if headers.get("gpu_memory_gb"):
-            with launch_environment(headers, where):
+            with launch_environment(launch):
                 engine_name = engine(parsed[1])
             estimate = estimate_memory(
                 config,
@@ -337,7 +337,7 @@ def check_recipe(path: Path) -> RecipeReport:
                 parameters,
                 trainable,
                 engine_name,
-                (launch_config(headers, where).get("deepspeed_config") or {}).get("zero_stage") == 3,
+                (launch.get("deepspeed_config") or {}).get("zero_stage") == 3,
                 num_processes,
                 float(headers["gpu_memory_gb"]),
             )
