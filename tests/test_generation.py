@@ -96,22 +96,29 @@ def test_sample_tokens_samples_with_the_global_seed(tiny):
     assert draws[0][0] != draws[0][1]  # one prompt's group members are sampled independently
 
 
-def test_adapter_added_to_base_is_the_peft_model_and_restores_the_base_exactly(tiny_model_dir):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adapter_added_to_base_is_the_peft_model_and_restores_the_base_exactly(tiny_model_dir, dtype):
+    """The base and the adapter come back bit for bit and in their dtype (a bf16 adapter left in float32 would
+    change what the optimizer steps)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from trl_smallrl.adapters import adapter_added_to_base
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, lora, autocast_adapter_dtype=False).eval()
+    assert {p.dtype for p in peft_model.parameters()} == {dtype}
     ids = torch.tensor([[1, 17, 42, 256, 1000, 7]])
     before = {name: p.detach().clone() for name, p in peft_model.named_parameters()}
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the adapter's path rounds differently
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits
         with adapter_added_to_base(peft_model) as plain:
-            torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=tolerance, rtol=tolerance)
         torch.testing.assert_close(peft_model(input_ids=ids).logits, expected, atol=0, rtol=0)
-    assert all(torch.equal(p, before[name]) for name, p in peft_model.named_parameters())
+    after = dict(peft_model.named_parameters())
+    assert all(after[name].dtype == dtype and torch.equal(after[name], p) for name, p in before.items())
 
 
 def test_grpo_rollouts_on_a_cpu_match_trls_own_generation(tiny_model_dir, tmp_path):

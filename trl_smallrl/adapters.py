@@ -24,8 +24,9 @@ def base_weight_name(name: str) -> str:
 def merge_adapter_float32(peft_model) -> set[str]:
     """Add the active LoRA update to the base weights, computing in float32; return the merged weights' names.
 
-    The adapter itself is left in place (the caller deletes it). The base weights keep their dtype: a bf16
-    base is rounded once per reset, and never unmerged.
+    The adapter itself is left in place and in its dtype (the caller deletes it, or trains it on after a
+    rollout: a bf16 adapter cast to float32 for good would change what the optimizer steps). The base weights keep
+    their dtype: a bf16 base is rounded once per reset, and never unmerged.
     """
     merged = set()
     for name, module in peft_model.named_modules():
@@ -34,10 +35,16 @@ def merge_adapter_float32(peft_model) -> set[str]:
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
-            module.lora_A[adapter].float()
-            module.lora_B[adapter].float()
+            factors = (module.lora_A[adapter], module.lora_B[adapter])
+            dtypes = [factor.weight.dtype for factor in factors]
             with torch.no_grad():
-                delta = module.get_delta_weight(adapter).float()
+                for factor in factors:
+                    factor.float()  # PEFT's delta is computed in the factors' dtype
+                try:
+                    delta = module.get_delta_weight(adapter).float()
+                finally:
+                    for factor, dtype in zip(factors, dtypes):
+                        factor.to(dtype)  # exact: a bf16 value round-trips through float32
                 weight = module.get_base_layer().weight
                 weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
             merged.add(base_weight_name(f"{name}.base_layer.weight"))
