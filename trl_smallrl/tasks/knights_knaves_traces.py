@@ -31,8 +31,9 @@ class Contradiction(Exception):
 class _Deduction:
     """Unit propagation with case splits (DPLL) over the people's roles, writing one line per step."""
 
-    def __init__(self, statements: Sequence[Statement], names: Sequence[str], roles: Roles):
+    def __init__(self, statements: Sequence[Statement], names: Sequence[str], roles: Roles, first: int | None = None):
         self.statements, self.names, self.roles = statements, list(names), roles
+        self.first = first  # the person of the first case split, when not the most-mentioned one
         self.lines: list[str] = []
 
     def is_(self, person: int, knight: bool) -> str:
@@ -143,7 +144,10 @@ class _Deduction:
         self.propagate(known, settled)
         if None not in known:
             return known
-        person = self.most_mentioned_unknown(known)
+        person = (
+            self.first if self.first is not None and known[self.first] is None else self.most_mentioned_unknown(known)
+        )
+        self.first = None
         before = (list(known), set(settled))
         self.lines.append(f"Assume {self.is_(person, True)}.")
         known[person] = True
@@ -163,14 +167,21 @@ def _tv(value: bool) -> str:
     return "true" if value else "false"
 
 
-def solve(statements: Sequence[Statement], names: Sequence[str] | None = None, roles: Roles | None = None):
+def solve(
+    statements: Sequence[Statement],
+    names: Sequence[str] | None = None,
+    roles: Roles | None = None,
+    first: int | None = None,
+):
     """Solve a puzzle from its statements by deduction; returns (roles as bools, the deduction lines).
 
+    `first` makes the first case split assume about that person instead of the most-mentioned one: the trace a
+    model that started elsewhere should have gone on to write (tools/kk_trace_departures.py).
     Raises ValueError when the statements admit no consistent assignment.
     """
     statements = parse_statements(statements)
     names = list(names) if names is not None else [f"P{i + 1}" for i in range(len(statements))]
-    deduction = _Deduction(statements, names, roles or Roles())
+    deduction = _Deduction(statements, names, roles or Roles(), first)
     try:
         known = deduction.search([None] * len(statements), set())
     except Contradiction:
@@ -178,11 +189,12 @@ def solve(statements: Sequence[Statement], names: Sequence[str] | None = None, r
     return tuple(bool(k) for k in known), deduction.lines
 
 
-def write_trace(row: Mapping[str, Any]) -> str:
-    """A supervised warm-up completion for a K&K row: '<think>\\n...\\n</think>\\n<answer> ... </answer>'."""
+def write_trace(row: Mapping[str, Any], first: int | None = None) -> str:
+    """A supervised warm-up completion for a K&K row: '<think>\\n...\\n</think>\\n<answer> ... </answer>'
+    (`first`: see `solve`)."""
     names = [str(n) for n in row["names"]]
     roles = Roles.of(row)
-    solution, lines = solve(row["statements"], names, roles)
+    solution, lines = solve(row["statements"], names, roles, first)
     lines.append("Every claim holds, so the roles are settled.")
     answer = solution_text_format(names, solution, roles)
     return "<think>\n" + "\n".join(lines) + "\n</think>\n<answer>\n" + answer + "\n</answer>"
