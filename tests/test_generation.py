@@ -85,6 +85,30 @@ def test_sample_tokens_is_generate_token_for_token(embedded_model_dir):
     assert any(ended) and len({len(c) for c in ours}) > 1  # ragged ends: rows left the batch while others went on
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_decode_steps_give_generates_tokens_in_each_family(family, tokenizer):
+    """`sample_tokens`' own decode steps (fused projections, its KV cache) against `generate`, greedy, on tiny
+    random models of each family it runs: Qwen2's projection biases and Qwen3's query/key norms included."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trl_smallrl.generation import supports_sample_tokens
+
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=len(tokenizer))  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **sizes)).eval()
+    with torch.no_grad():  # random biases and norm weights (zeros and ones at init), so skipping one shows
+        for name, weight in model.named_parameters():
+            if name.endswith("bias"):
+                weight.uniform_(-0.5, 0.5)
+            elif "norm" in name:
+                weight.uniform_(0.5, 1.5)
+    assert supports_sample_tokens(model)
+    prompts = _prompt_ids(tokenizer)
+    ours = sample_tokens(model, prompts, max_new_tokens=24, eos_ids=[tokenizer.eos_token_id], pad_id=0, temperature=0)
+    assert ours == _generate(model, tokenizer, prompts, 24, tokenizer.eos_token_id)
+
+
 def test_sample_tokens_samples_with_the_global_seed(tiny):
     model, tokenizer = tiny
     prompts = _prompt_ids(tokenizer)

@@ -614,6 +614,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per trainer for the overhead")
     parser.add_argument("--grpo-steps", type=int, default=4, help="steps per embedded GRPO case (first is warm-up)")
     parser.add_argument("--sft-steps", type=int, default=6, help="optimizer steps per SFT case")
+    parser.add_argument("--only", nargs="+", choices=["overhead", "grpo", "generation", "eval", "sft", "dynamic", "gpu"],
+                        help="run these sections only (beside the machine's limits) and print them")  # fmt: skip
     args = parser.parse_args(argv)
     if args.case:
         case = json.loads(Path(args.case).read_text())
@@ -627,17 +629,26 @@ def main(argv: list[str] | None = None) -> None:
     tiny = str(save_tiny_model(tempfile.mkdtemp(prefix="bench-tiny-")))
     peaks = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
     bandwidth = memory_bandwidth()
+    sections = {
+        "limits": lambda: (limits_section(peaks, bandwidth), {}),
+        "overhead": lambda: (overhead_section(tiny, args.repeats), {}),
+        "grpo": lambda: grpo_goal_section(args.grpo_steps),
+        "generation": lambda: generation_goal_section(peaks, bandwidth),
+        "eval": eval_goal_section,
+        "sft": lambda: sft_goal_section(args.sft_steps),
+        "dynamic": lambda: (dynamic_sampling_section(tiny), {}),
+        "gpu": lambda: (gpu_section(), {}),
+    }
+    if args.only:  # a partial run prints its sections and leaves docs/BENCHMARKS.md, a whole run's record, alone
+        texts = [sections[name]()[0] for name in ["limits", *args.only]]
+        print("\n".join([f"Machine: {machine()}.", load_line(os.getloadavg(), os.cpu_count() or 1), "", *texts]))
+        return
     goals: dict = {}
-    sections = [limits_section(peaks, bandwidth), overhead_section(tiny, args.repeats)]
-    for text, found in (
-        grpo_goal_section(args.grpo_steps),
-        generation_goal_section(peaks, bandwidth),
-        eval_goal_section(),
-        sft_goal_section(args.sft_steps),
-    ):
-        sections.append(text)
+    texts = []
+    for name in sections:
+        text, found = sections[name]()
+        texts.append(text)
         goals.update(found)
-    sections += [dynamic_sampling_section(tiny), gpu_section()]
     today = datetime.date.today().isoformat()
     header = [
         "# Benchmarks",
@@ -653,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{goals['goal4_ratio']:.2f}x (goal 3x); peak memory in each table (goal: under 12 GB).",
         "",
     ]
-    atomic.write_text(args.output, "\n".join(header + sections))
+    atomic.write_text(args.output, "\n".join(header + texts))
     print(args.output.read_text())
 
 

@@ -8,18 +8,17 @@ GPU is visible, else on a GPU transformers' `generate`, and on a CPU `sample_tok
 
 `sample_tokens` exists because transformers' `generate` runs at about a tenth of what a CPU allows for a small
 model (measured on a 2-core AMD EPYC: 51 tokens/s at batch 8). It samples from the distribution `generate`
-samples from (greedy decoding gives the same tokens) and changes only where the time goes: a static KV cache (no
-per-step concatenation) whose attention reads only its filled part, identical prompts (a GRPO group, or eval's k
-samples) prefilled once and their cache copied, finished rows dropped from the batch, the nucleus found among the
-likeliest tokens instead of a sort of the vocabulary, and the LM head through oneDNN, which runs the 576 x 49152
-projection of SmolLM2 2.5x faster than MKL on such CPUs.
+samples from (greedy decoding gives the same tokens) and changes only where the time goes: identical prompts (a
+GRPO group, or eval's k samples) prefilled once and their cache copied, decode steps as a few fused tensor
+operations a layer on a preallocated KV cache whose attention reads only its filled part (`_Decoder`), finished
+rows dropped from the batch, the nucleus found among the likeliest tokens instead of a sort of the vocabulary, and
+the LM head through oneDNN, which runs the 576 x 49152 projection of SmolLM2 2.5x faster than MKL on such CPUs.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trl_smallrl.models import resolve_model
@@ -78,39 +77,37 @@ def sample_tokens(
     """Sampled completion ids for each prompt, in order, each ending with its end-of-sequence token (or cut at
     `max_new_tokens`). Identical prompts are prefilled once. `temperature` 0 is greedy. Uses torch's global RNG.
 
-    `model` is a causal LM of transformers whose backbone takes a static cache (Llama, Qwen2/3, SmolLM, ...);
-    call `supports_sample_tokens(model)` first.
+    `model` is a causal LM of transformers of the Llama family (Llama, SmolLM, Qwen2, Qwen3); call
+    `supports_sample_tokens(model)` first. The prompts are prefilled by the model itself; each decode step runs
+    through `_Decoder`.
     """
     import torch
-    from transformers import StaticCache
+    from transformers import DynamicCache
 
     unique: dict[tuple[int, ...], int] = {}
     row_prompt = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
     width = max(len(p) for p in unique)
     length = width + max_new_tokens
     ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(unique), length), dtype=torch.long)
+    mask = torch.zeros((len(unique), length), dtype=torch.bool)
     for prompt, row in unique.items():
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) : width] = 1
+        mask[row, width - len(prompt) : width] = True
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
     backbone = getattr(model, model.base_model_prefix)
     head = _lm_head(model)
-    cache = StaticCache(config=model.config, max_cache_len=length)
     eos = torch.tensor(sorted(set(eos_ids)))
-    with torch.inference_mode(), _attention_over_filled_cache(model) as sliced:
-        filled = (lambda end: {"filled": end}) if sliced else (lambda end: {})
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
         hidden = backbone(
             input_ids=ids,
-            attention_mask=mask[:, :width],
+            attention_mask=mask[:, :width].long(),
             position_ids=positions,
             past_key_values=cache,
-            cache_position=torch.arange(width),
             use_cache=True,
-            **filled(width),
         ).last_hidden_state[:, -1]
-        expand = torch.tensor(row_prompt)
-        cache.reorder_cache(expand)  # each completion gets its own copy of its prompt's cache
+        expand = torch.tensor(row_prompt)  # each completion gets its own copy of its prompt's cache
+        decoder = _Decoder(backbone, cache, expand, length)
         hidden, mask, position = hidden[expand], mask[expand], positions[expand, -1]
         alive = torch.arange(len(prompts))  # the original row of each batch row
         finished = torch.zeros(len(prompts), dtype=torch.bool)
@@ -126,54 +123,108 @@ def sample_tokens(
                 break
             if int((~active).sum()) * 4 >= len(alive):  # a quarter of the batch is done: dropping it pays off
                 keep = active.nonzero()[:, 0]
-                cache.reorder_cache(keep)
+                decoder.keep(keep)
                 alive, mask, position, tokens = alive[keep], mask[keep], position[keep], tokens[keep]
-            mask[:, width + step] = 1
+            mask[:, width + step] = True
             position = position + 1
-            hidden = backbone(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=position[:, None],
-                past_key_values=cache,
-                cache_position=torch.tensor([width + step]),
-                use_cache=True,
-                **filled(width + step + 1),
-            ).last_hidden_state[:, -1]
+            hidden = decoder.step(tokens, position, mask[:, : width + step + 1])
     return completions
 
 
-FILLED_SDPA = "smallrl_filled_sdpa"
+class _Decoder:
+    """One decode step of a Llama-family backbone as a few plain tensor operations per layer, on a KV cache of
+    its own.
+
+    transformers' decoder layers cost a CPU decode step of a small model several times the time of its matmuls
+    (measured on a 2-core AMD EPYC: SmolLM2-135M at 8 rows, about 100 ms a step against a 17.6 ms bound, most of
+    it in some 1500 small operations and the modules around them). Here the query, key and value projections are
+    one matmul, and so are the gate and up projections; rotary is applied to queries and keys at once; the new
+    key and value are written into a preallocated cache, and attention reads only its filled part, grouped
+    queries against their shared key/value heads (as transformers' SDPA path does for one query token). Norms,
+    the activation and rotary's cos/sin are the model's own modules, so the arithmetic is the model's but for the
+    rounding of the fused matmuls: greedy decoding gives `generate`'s tokens (tests check it in each family). The
+    fused weights are built per call, after a rollout has added its LoRA update into the base.
+    """
+
+    def __init__(self, backbone, prefill_cache, expand, length: int):
+        config = backbone.config
+        self.backbone = backbone
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.layers = [_FusedLayer(layer) for layer in backbone.layers]
+        self.keys, self.values = [], []
+        for layer in prefill_cache.layers:
+            rows, width = len(expand), layer.keys.shape[2]
+            for store, filled in ((self.keys, layer.keys), (self.values, layer.values)):
+                cache = filled.new_zeros((rows, filled.shape[1], length, filled.shape[3]))
+                cache[:, :, :width] = filled[expand]
+                store.append(cache)
+
+    def keep(self, rows) -> None:
+        """Drop the batch rows not in `rows` (finished ones) from the cache."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+
+    def step(self, tokens, position, mask):
+        """The last hidden state (after the final norm) of each row for its next token `tokens`, at `position`,
+        attending to the cache where `mask` (rows x positions so far, this one included) is True."""
+        import torch
+        import torch.nn.functional as F
+
+        rows, slot = tokens.size(0), mask.size(1) - 1
+        x = self.backbone.embed_tokens(tokens)
+        cos, sin = self.backbone.rotary_emb(x, position[:, None])  # (rows, 1, head_dim): broadcast over heads
+        attend = mask[:, None, None, :]
+        for layer, keys, values in zip(self.layers, self.keys, self.values):
+            q, k, v = F.linear(layer.input_norm(x), layer.qkv, layer.qkv_bias).split(layer.qkv_sizes, -1)
+            q, k, v = (t.view(rows, -1, layer.head_dim) for t in (q, k, v))
+            if layer.q_norm is not None:  # Qwen3
+                q, k = layer.q_norm(q), layer.k_norm(k)
+            qk = _rotate(torch.cat((q, k), dim=1), cos, sin)
+            q, k = qk[:, : self.heads], qk[:, self.heads :]
+            keys[:, :, slot], values[:, :, slot] = k, v
+            grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, layer.head_dim)
+            attended = F.scaled_dot_product_attention(
+                grouped, keys[:, :, : slot + 1], values[:, :, : slot + 1], attn_mask=attend, scale=layer.scaling
+            )
+            x = x + F.linear(attended.reshape(rows, -1), layer.o, layer.o_bias)
+            gate, up = F.linear(layer.post_norm(x), layer.gate_up, layer.gate_up_bias).chunk(2, -1)
+            x = x + F.linear(layer.act(gate) * up, layer.down, layer.down_bias)
+        return self.backbone.norm(x)
 
 
-def _filled_sdpa(module, query, key, value, attention_mask, filled: int | None = None, **kwargs):
-    """Transformers' SDPA attention over the first `filled` positions of a static cache: the rest is masked out
-    anyway, and reading it cost a CPU decode step about a tenth of its time at 32 rows."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def _rotate(x, cos, sin):
+    """Rotary position embedding, as transformers' `apply_rotary_pos_emb` computes it."""
+    import torch
 
-    if filled is not None:
-        key, value = key[:, :, :filled], value[:, :, :filled]
-        attention_mask = None if attention_mask is None else attention_mask[..., :filled]
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-@contextmanager
-def _attention_over_filled_cache(model) -> Iterator[bool]:
-    """Run `model` (an SDPA model) on `_filled_sdpa` inside the block, and say whether it does: its decoder layers
-    then take a `filled` keyword. Other attention implementations are left alone."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+class _FusedLayer:
+    """A decoder layer's weights as `_Decoder` uses them: q/k/v and gate/up concatenated (PEFT's wrappers
+    unwrapped to their base layers, into which a rollout has added the LoRA update)."""
 
-    previous = model.config._attn_implementation
-    if previous != "sdpa":
-        yield False
-        return
-    AttentionInterface.register(FILLED_SDPA, _filled_sdpa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(FILLED_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    model.set_attn_implementation(FILLED_SDPA)
-    try:
-        yield model.config._attn_implementation == FILLED_SDPA
-    finally:
-        model.set_attn_implementation(previous)
+    def __init__(self, layer):
+        import torch
+
+        attn, mlp = layer.self_attn, layer.mlp
+        q, k, v, o = (_base(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        gate, up, down = (_base(getattr(mlp, name)) for name in ("gate_proj", "up_proj", "down_proj"))
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.qkv = torch.cat([q.weight, k.weight, v.weight])
+        self.qkv_bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])
+        self.qkv_sizes = [q.out_features, k.out_features, v.out_features]
+        self.o, self.o_bias = o.weight, o.bias
+        self.gate_up = torch.cat([gate.weight, up.weight])
+        self.gate_up_bias = None if gate.bias is None else torch.cat([gate.bias, up.bias])
+        self.down, self.down_bias = down.weight, down.bias
+        self.input_norm, self.post_norm, self.act = layer.input_layernorm, layer.post_attention_layernorm, mlp.act_fn
+        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+
+
+def _base(linear):
+    """The plain `nn.Linear` under a PEFT wrapper (or the layer itself)."""
+    return linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
 
 
 NUCLEUS_CANDIDATES = 256  # the most likely tokens searched first for the top-p nucleus; more only when they fall short
@@ -231,9 +282,12 @@ def _lm_head(model):
     return lambda hidden: fast(hidden.to(torch.float32))
 
 
+DECODER_FAMILIES = ("llama", "qwen2", "qwen3")  # the decoder layouts `_Decoder` runs
+
+
 def supports_sample_tokens(model) -> bool:
-    """Whether `sample_tokens` reproduces `generate` for this model: a text causal LM whose logits are the plain
-    output projection (no logit softcapping or scaling) and whose backbone takes a static cache."""
+    """Whether `sample_tokens` reproduces `generate` for this model: a text causal LM of a family `_Decoder` runs
+    (Llama, SmolLM, Qwen2, Qwen3) whose logits are the plain output projection and whose attention is global."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return False
@@ -241,6 +295,7 @@ def supports_sample_tokens(model) -> bool:
         return False
     return (
         config is model.config
+        and config.model_type in DECODER_FAMILIES
         and hasattr(model, model.base_model_prefix)
         and model.get_output_embeddings() is not None
     )
