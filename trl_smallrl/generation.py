@@ -175,7 +175,7 @@ class _Decoder:
         cos, sin = self.backbone.rotary_emb(x, position[:, None])  # (rows, 1, head_dim): broadcast over heads
         attend = mask[:, None, None, :]
         for layer, keys, values in zip(self.layers, self.keys, self.values):
-            q, k, v = F.linear(layer.input_norm(x), layer.qkv, layer.qkv_bias).split(layer.qkv_sizes, -1)
+            q, k, v = _project(layer.input_norm(x), layer.qkv, layer.qkv_bias).split(layer.qkv_sizes, -1)
             q, k, v = (t.view(rows, -1, layer.head_dim) for t in (q, k, v))
             if layer.q_norm is not None:  # Qwen3
                 q, k = layer.q_norm(q), layer.k_norm(k)
@@ -186,10 +186,20 @@ class _Decoder:
             attended = F.scaled_dot_product_attention(
                 grouped, keys[:, :, : slot + 1], values[:, :, : slot + 1], attn_mask=attend, scale=layer.scaling
             )
-            x = x + F.linear(attended.reshape(rows, -1), layer.o, layer.o_bias)
-            gate, up = F.linear(layer.post_norm(x), layer.gate_up, layer.gate_up_bias).chunk(2, -1)
-            x = x + F.linear(layer.act(gate) * up, layer.down, layer.down_bias)
+            x = x + _project(attended.reshape(rows, -1), layer.o, layer.o_bias)
+            gate, up = _project(layer.post_norm(x), layer.gate_up, layer.gate_up_bias).chunk(2, -1)
+            x = x + _project(layer.act(gate) * up, layer.down, layer.down_bias)
         return self.backbone.norm(x)
+
+
+def _project(x, weight, bias):
+    """`x @ weight.T + bias` for the few rows of a decode step, computed as `weight @ x.T`: MKL runs that layout
+    of a skinny matmul about twice as fast (SmolLM2's 3072 x 576 gate/up projection at 8 rows on a 2-core AMD
+    EPYC: 0.69 ms against 1.57 ms for `F.linear`)."""
+    import torch
+
+    out = torch.mm(weight, x.t()) if bias is None else torch.addmm(bias[:, None], weight, x.t())
+    return out.t().contiguous()
 
 
 def _rotate(x, cos, sin):
