@@ -144,6 +144,24 @@ def test_adapter_added_to_base_is_the_peft_model_and_restores_the_base_exactly(t
     assert all(after[name].dtype == dtype and torch.equal(after[name], p) for name, p in before.items())
 
 
+def test_sample_tokens_refuses_an_adapter_it_would_skip(tiny, tokenizer):
+    """It runs the base weights only: a LoRA still active beside them would be ignored without a word."""
+    from peft import LoraConfig, get_peft_model
+
+    from trl_smallrl.adapters import adapter_added_to_base
+
+    model, _ = tiny
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    prompts = _prompt_ids(tokenizer)[:1]
+    try:
+        with pytest.raises(ValueError, match="add the LoRA update"):
+            sample_tokens(peft_model.get_base_model(), prompts, max_new_tokens=2, eos_ids=[-1], pad_id=0)
+        with adapter_added_to_base(peft_model) as plain:
+            assert len(sample_tokens(plain, prompts, max_new_tokens=2, eos_ids=[-1], pad_id=0)[0]) == 2
+    finally:
+        peft_model.unload()  # the module-scoped model goes back to plain layers
+
+
 def test_grpo_rollouts_on_a_cpu_match_trls_own_generation(tiny_model_dir, tmp_path):
     """The trainer's CPU path (`sample_tokens`, LoRA added to the base) and TRL's `generate` path give the same
     completions when sampling is deterministic (top_k 1)."""

@@ -132,18 +132,17 @@ def sample_tokens(
 
 
 class _Decoder:
-    """One decode step of a Llama-family backbone as a few plain tensor operations per layer, on a KV cache of
-    its own.
+    """One decode step of a Llama-family backbone as plain tensor operations, on a KV cache of its own.
 
-    transformers' decoder layers cost a CPU decode step of a small model several times the time of its matmuls
-    (measured on a 2-core AMD EPYC: SmolLM2-135M at 8 rows, about 100 ms a step against a 17.6 ms bound, most of
-    it in some 1500 small operations and the modules around them). Here the query, key and value projections are
-    one matmul, and so are the gate and up projections; rotary is applied to queries and keys at once; the new
-    key and value are written into a preallocated cache, and attention reads only its filled part, grouped
-    queries against their shared key/value heads (as transformers' SDPA path does for one query token). Norms,
-    the activation and rotary's cos/sin are the model's own modules, so the arithmetic is the model's but for the
-    rounding of the fused matmuls: greedy decoding gives `generate`'s tokens (tests check it in each family). The
-    fused weights are built per call, after a rollout has added its LoRA update into the base.
+    Measured on a 2-core AMD EPYC (SmolLM2-135M, 8 rows), the matmuls take about 70% of a decode step through
+    transformers' layers, and MKL runs the `weight @ x.T` layout of such skinny matmuls about twice as fast as the
+    `x @ weight.T` that `nn.Linear` asks for (`_project`); owning the step is what lets it choose. The query, key
+    and value projections are one matmul, and so are the gate and up projections; rotary is applied to queries
+    and keys at once; the new key and value are written into a preallocated cache, and attention reads only its
+    filled part, grouped queries against their shared key/value heads (as transformers' SDPA path does for one
+    query token). Norms, the activation and rotary's cos/sin are the model's own modules, so the arithmetic is the
+    model's but for the rounding of the matmuls: greedy decoding gives `generate`'s tokens (tests check it in each
+    family). The fused weights are built per call, after a rollout has added its LoRA update into the base.
     """
 
     def __init__(self, backbone, prefill_cache, expand, length: int):
@@ -233,8 +232,13 @@ class _FusedLayer:
 
 
 def _base(linear):
-    """The plain `nn.Linear` under a PEFT wrapper (or the layer itself)."""
-    return linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
+    """The plain `nn.Linear` under a PEFT wrapper (or the layer itself). Its weights alone are run, so an adapter
+    still active beside them is refused: its update must be in them (`adapters.adapter_added_to_base`)."""
+    if not hasattr(linear, "get_base_layer"):
+        return linear
+    if linear.active_adapters and not (linear.disable_adapters or linear.merged):
+        raise ValueError("sample_tokens runs base weights only: add the LoRA update into them first")
+    return linear.get_base_layer()
 
 
 NUCLEUS_CANDIDATES = 256  # the most likely tokens searched first for the top-p nucleus; more only when they fall short
