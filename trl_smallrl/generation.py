@@ -9,8 +9,8 @@ GPU is visible, else on a GPU transformers' `generate`, and on a CPU `sample_tok
 `sample_tokens` exists because transformers' `generate` runs at about a tenth of what a CPU allows for a small
 model (measured on a 2-core AMD EPYC: 51 tokens/s at batch 8). It samples from the distribution `generate`
 samples from (greedy decoding gives the same tokens) and changes only where the time goes: identical prompts (a
-GRPO group, or eval's k samples) prefilled once and their cache copied, decode steps as a few fused tensor
-operations a layer on a preallocated KV cache whose attention reads only its filled part (`_Decoder`), finished
+GRPO group, or eval's k samples) prefilled once and their cache copied, decode steps as a few tensor operations
+a layer, each projection in the matmul layout MKL runs fastest for few rows (`_Decoder`), finished
 rows dropped from the batch, the nucleus found among the likeliest tokens instead of a sort of the vocabulary, and
 the LM head through oneDNN, which runs the 576 x 49152 projection of SmolLM2 2.5x faster than MKL on such CPUs.
 """
