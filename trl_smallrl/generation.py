@@ -103,8 +103,8 @@ def sample_tokens(
             input_ids=ids,
             attention_mask=mask[:, :width].long(),
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_keyword(backbone.forward): cache},
         ).last_hidden_state[:, -1]
         expand = torch.tensor(row_prompt)  # each completion gets its own copy of its prompt's cache
         decoder = _Decoder(backbone, cache, expand, length)
@@ -239,6 +239,14 @@ def _base(linear):
     if linear.active_adapters and not (linear.disable_adapters or linear.merged):
         raise ValueError("sample_tokens runs base weights only: add the LoRA update into them first")
     return linear.get_base_layer()
+
+
+def cache_keyword(forward) -> str:
+    """The name of the KV-cache argument of a transformers backbone's `forward`: `cache` from transformers 5.24 on
+    (where `past_key_values` still works but warns), `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 NUCLEUS_CANDIDATES = 256  # the most likely tokens searched first for the top-p nucleus; more only when they fall short

@@ -16,7 +16,8 @@ Everything TRL already does is switched on from the recipe (`loss_type: dapo`, `
 Hooks, in the order a step runs them: `_get_train_sampler` (curriculum), `_generate_and_score_completions`
 (dynamic sampling, after TRL computed the advantages), `_calculate_rewards` (non-finite guard, health table,
 curriculum statistics), `training_step` (the current wrapper), `compute_loss` (a non-finite loss on any rank,
-before the backward pass), `_compute_loss` (normalization without masked groups), `log`,
+before the backward pass), `_compute_loss` (normalization without masked groups), `_prepare_inputs` and
+`_get_per_token_logps_and_entropies` (on a CPU, micro-batches of whole groups, each group's prompt run once), `log`,
 `save_checkpoint_extras` / `_load_optimizer_and_scheduler` (curriculum state).
 Checkpoints appear whole (`checkpoints.AtomicCheckpointMixin`).
 """
@@ -29,6 +30,7 @@ import torch
 from peft import PeftModel
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import split_tensor_dict
 
 from trl_smallrl.adapters import adapter_added_to_base
 from trl_smallrl.checkpoints import AtomicCheckpointMixin
@@ -39,6 +41,7 @@ from trl_smallrl.errors import ConfigError
 from trl_smallrl.generation import sample_tokens, supports_sample_tokens
 from trl_smallrl.monitors import NonFiniteError, completion_health, health_metrics
 from trl_smallrl.rewards import follow_completion_budget, score_rows
+from trl_smallrl.shared_prefix import prefixes_shared
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,28 @@ def replace_rows(dst: dict, src: dict, dst_rows: list[int], src_rows: list[int],
         value[dst_rows] = other[src_rows]
         out[key] = value
     return out
+
+
+def whole_groups(batches: list[dict]) -> list[dict]:
+    """The same rows cut into as many micro-batches again, with the rows of one prompt next to each other (TRL
+    shuffles a generation batch before it cuts it), so that a micro-batch holds whole groups when the group size
+    divides its size. Scalars (`num_items_in_batch`) are the generation batch's and stay as they are."""
+    merged = {}
+    for key, value in batches[0].items():
+        if isinstance(value, list):
+            merged[key] = [item for batch in batches for item in batch[key]]
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
+            merged[key] = torch.cat([batch[key] for batch in batches])
+        else:
+            merged[key] = value
+    prompts = torch.cat([merged["prompt_ids"], merged["prompt_mask"]], dim=1)
+    order = torch.sort(torch.unique(prompts, dim=0, return_inverse=True)[1], stable=True).indices
+    for key, value in merged.items():
+        if isinstance(value, list):
+            merged[key] = [value[i] for i in order.tolist()]
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
+            merged[key] = value[order.to(value.device)]
+    return split_tensor_dict(merged, len(batches))
 
 
 def _temperature_cell(model):
@@ -289,7 +314,42 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 )
         return loss
 
-    # ----- rollouts on a CPU -----
+    # ----- scoring and rollouts on a CPU -----
+    def _prepare_inputs(self, generation_batch):
+        """TRL's; then, where `_get_per_token_logps_and_entropies` shares prompts, the new generation batch's
+        micro-batches cut again so that each holds whole groups (`whole_groups`). Only where one optimizer step
+        takes the whole generation batch and the loss sums over its micro-batches whatever their rows (not `bnpo`,
+        the entropy bonus or the entropy mask, which normalize or rank within each micro-batch)."""
+        fresh = self.model.training and (
+            self._buffered_inputs is None or self._step % self.args.steps_per_generation == 0
+        )
+        inputs = super()._prepare_inputs(generation_batch)
+        regroup = (
+            fresh
+            and self.accelerator.device.type == "cpu"
+            and self.args.steps_per_generation == self.args.gradient_accumulation_steps > 1
+            and self.num_iterations == 1
+            and self.loss_type in ("grpo", "dr_grpo", "dapo", "cispo")
+            and not self._entropy_bonus_enabled
+            and self.top_entropy_quantile == 1.0
+        )
+        if regroup:
+            self._buffered_inputs = whole_groups(self._buffered_inputs)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """TRL's scoring; on a CPU, text-only, the prompt each group's completions share runs once
+        (`shared_prefix`): the training forward and backward are most of a CPU step, and the prompt half of each
+        row. GPUs keep TRL's own path."""
+        scoring = super()._get_per_token_logps_and_entropies
+        unwrapped = self.accelerator.unwrap_model(model)
+        base = unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
+        if self.accelerator.device.type != "cpu" or kwargs.get("pixel_values") is not None:
+            return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        with prefixes_shared(getattr(base, base.base_model_prefix)):
+            return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if not self._samples_on_cpu(images, multimodal_fields):
             return super()._generate_single_turn(
