@@ -38,7 +38,7 @@ from trl_smallrl.completions import completion_text
 from trl_smallrl.configs import ROW_MEAN_LOSSES
 from trl_smallrl.curriculum import CurriculumSampler, per_prompt
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.generation import sample_tokens, supports_sample_tokens
+from trl_smallrl.generation import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
 from trl_smallrl.monitors import NonFiniteError, completion_health, health_metrics
 from trl_smallrl.rewards import follow_completion_budget, score_rows
 from trl_smallrl.shared_prefix import prefixes_shared
@@ -339,13 +339,14 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         return inputs
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """TRL's scoring; on a CPU, text-only, the prompt each group's completions share runs once
-        (`shared_prefix`): the training forward and backward are most of a CPU step, and the prompt half of each
-        row. GPUs keep TRL's own path."""
+        """TRL's scoring; on a CPU, text-only, in the families whose cache tests check (`DECODER_FAMILIES`), the
+        prompt each group's completions share runs once (`shared_prefix`): the training forward and backward are
+        most of a CPU step, and the prompt half of each row. GPUs keep TRL's own path."""
         scoring = super()._get_per_token_logps_and_entropies
         unwrapped = self.accelerator.unwrap_model(model)
         base = unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
-        if self.accelerator.device.type != "cpu" or kwargs.get("pixel_values") is not None:
+        shares = base.config.model_type in DECODER_FAMILIES and kwargs.get("pixel_values") is None
+        if self.accelerator.device.type != "cpu" or not shares:
             return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
         with prefixes_shared(getattr(base, base.base_model_prefix)):
             return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)

@@ -48,6 +48,7 @@ def prefixes_shared(backbone):
     """Within the block, calls of `backbone` (a transformers decoder stack such as `LlamaModel`) without a cache,
     as TRL's scoring makes them, run shared prefixes once; every other call is the backbone's own."""
     original = backbone.forward
+    patched_before = "forward" in vars(backbone)  # an instance's own forward (a wrapper) goes back as it was
 
     def forward(input_ids=None, attention_mask=None, **kwargs):
         plan = None
@@ -64,7 +65,10 @@ def prefixes_shared(backbone):
     try:
         yield
     finally:
-        del backbone.forward  # back to the class's forward
+        if patched_before:
+            backbone.forward = original
+        else:
+            del backbone.forward  # back to the class's forward
 
 
 def _split_forward(forward, config, input_ids, attention_mask, length, firsts, owner, kwargs):
