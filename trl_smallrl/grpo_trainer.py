@@ -81,21 +81,17 @@ def whole_groups(batches: list[dict]) -> list[dict]:
     """The same rows cut into as many micro-batches again, with the rows of one prompt next to each other (TRL
     shuffles a generation batch before it cuts it), so that a micro-batch holds whole groups when the group size
     divides its size. Scalars (`num_items_in_batch`) are the generation batch's and stay as they are."""
+    prompts = torch.cat([torch.cat([batch["prompt_ids"], batch["prompt_mask"]], dim=1) for batch in batches])
+    order = torch.sort(torch.unique(prompts, dim=0, return_inverse=True)[1], stable=True).indices
     merged = {}
     for key, value in batches[0].items():
         if isinstance(value, list):
-            merged[key] = [item for batch in batches for item in batch[key]]
+            items = [item for batch in batches for item in batch[key]]
+            merged[key] = [items[i] for i in order.tolist()]
         elif isinstance(value, torch.Tensor) and value.dim() >= 1:
-            merged[key] = torch.cat([batch[key] for batch in batches])
+            merged[key] = torch.cat([batch[key] for batch in batches])[order.to(value.device)]
         else:
             merged[key] = value
-    prompts = torch.cat([merged["prompt_ids"], merged["prompt_mask"]], dim=1)
-    order = torch.sort(torch.unique(prompts, dim=0, return_inverse=True)[1], stable=True).indices
-    for key, value in merged.items():
-        if isinstance(value, list):
-            merged[key] = [value[i] for i in order.tolist()]
-        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
-            merged[key] = value[order.to(value.device)]
     return split_tensor_dict(merged, len(batches))
 
 
@@ -326,7 +322,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         inputs = super()._prepare_inputs(generation_batch)
         regroup = (
             fresh
-            and self.accelerator.device.type == "cpu"
+            and self._shares_prompts(self.model)
             and self.args.steps_per_generation == self.args.gradient_accumulation_steps > 1
             and self.num_iterations == 1
             and self.loss_type in ("grpo", "dr_grpo", "dapo", "cispo")
@@ -343,13 +339,23 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         prompt each group's completions share runs once (`shared_prefix`): the training forward and backward are
         most of a CPU step, and the prompt half of each row. GPUs keep TRL's own path."""
         scoring = super()._get_per_token_logps_and_entropies
-        unwrapped = self.accelerator.unwrap_model(model)
-        base = unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
-        shares = base.config.model_type in DECODER_FAMILIES and kwargs.get("pixel_values") is None
-        if self.accelerator.device.type != "cpu" or not shares:
+        if kwargs.get("pixel_values") is not None or not self._shares_prompts(model):
             return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        base = self._transformers_model(model)
         with prefixes_shared(getattr(base, base.base_model_prefix)):
             return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    def _shares_prompts(self, model) -> bool:
+        """Whether scoring `model` runs a group's shared prompt once: on a CPU, in the families whose cache the
+        tests check (`DECODER_FAMILIES`)."""
+        return self.accelerator.device.type == "cpu" and self._transformers_model(model).config.model_type in (
+            DECODER_FAMILIES
+        )
+
+    def _transformers_model(self, model):
+        """`model` without its distributed wrapper and, under PEFT, without its adapter wrapper."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        return unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if not self._samples_on_cpu(images, multimodal_fields):
@@ -387,8 +393,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             return False
         if self.min_p is not None or self.repetition_penalty not in (None, 1.0):
             return False
-        model = self.accelerator.unwrap_model(self.model)
-        return supports_sample_tokens(model.get_base_model() if isinstance(model, PeftModel) else model)
+        return supports_sample_tokens(self._transformers_model(self.model))
 
     # ----- hard resets -----
     def set_sampling(
@@ -425,8 +430,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     def _fused_head_models(self) -> list:
         """The models TRL gave a fused LM head: the policy (its base model under PEFT) and the reference."""
-        policy = self.accelerator.unwrap_model(self.model)
-        models = [policy.get_base_model() if isinstance(policy, PeftModel) else policy]
+        models = [self._transformers_model(self.model)]
         if getattr(self, "ref_model", None) is not None:
             models.append(self.accelerator.unwrap_model(self.ref_model))
         return models
