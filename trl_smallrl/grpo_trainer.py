@@ -316,12 +316,10 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         micro-batches cut again so that each holds whole groups (`whole_groups`). Only where one optimizer step
         takes the whole generation batch and the loss sums over its micro-batches whatever their rows (not `bnpo`,
         the entropy bonus or the entropy mask, which normalize or rank within each micro-batch)."""
-        fresh = self.model.training and (
-            self._buffered_inputs is None or self._step % self.args.steps_per_generation == 0
-        )
+        buffered = self._buffered_inputs
         inputs = super()._prepare_inputs(generation_batch)
         regroup = (
-            fresh
+            self._buffered_inputs is not buffered  # TRL generated and cut a new generation batch
             and self._shares_prompts(self.model)
             and self.args.steps_per_generation == self.args.gradient_accumulation_steps > 1
             and self.num_iterations == 1
