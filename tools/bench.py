@@ -12,8 +12,9 @@ in its own subprocess, so the peak resident memory is the case's own. Compare on
 4. Goal 3: evaluation, 100 completions of at most 384 tokens.
 5. Goal 4: SFT warm-up, trained tokens per second and loss after the same traces, old and new settings.
    Goal 5: the peak resident memory of every case above.
-6. Dynamic sampling none / mask / resample on the tiny model.
-7. With a GPU: Qwen2.5-0.5B and -1.5B architectures under 24 and 48 GiB caps; without one, the section says so.
+6. Threads and allocator: the recipe's rollouts and SFT steps under OpenMP and glibc malloc settings.
+7. Dynamic sampling none / mask / resample on the tiny model.
+8. With a GPU: Qwen2.5-0.5B and -1.5B architectures under 24 and 48 GiB caps; without one, the section says so.
 """
 
 from __future__ import annotations
@@ -362,7 +363,8 @@ def spawn(case: dict) -> dict:
         case = {**case, "work_dir": work}
         spec = Path(work) / "case.json"
         spec.write_text(json.dumps(case))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+               **case.get("env", {})}  # fmt: skip
         proc = subprocess.run(
             [sys.executable, "-m", "tools.bench", "--case", str(spec)],
             env=env,
@@ -511,6 +513,11 @@ def sft_goal_section(steps: int) -> tuple[str, dict]:
         ("now: full fine-tune, micro-batch 2 x 4, batches grouped by length", []),
         ("full fine-tune, micro-batch 8 x 1, batches grouped by length",
          ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]),
+        ("full fine-tune, padding-free (TRL's `padding_free`), micro-batch 2 x 4, batches grouped by length",
+         ["--padding_free", "true", "--max_length", "None"]),
+        ("full fine-tune, padding-free, micro-batch 4 x 2, batches grouped by length",
+         ["--padding_free", "true", "--max_length", "None", "--per_device_train_batch_size", "4",
+          "--gradient_accumulation_steps", "2"]),
     ]  # fmt: skip
     recipe = 2
     lines = [
@@ -534,11 +541,43 @@ def sft_goal_section(steps: int) -> tuple[str, dict]:
     return "\n".join(lines), {"goal4_ratio": rates[recipe] / rates[0]}
 
 
+RUNTIME_SETTINGS = [  # environment of the whole process: torch, OpenMP and glibc read it at start-up
+    ("default: OpenMP threads = cores, glibc malloc's defaults", {}),
+    ("one thread", {"OMP_NUM_THREADS": "1"}),
+    ("threads pinned, one a core", {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}),
+    ("glibc malloc keeps what it frees (mmap threshold 32 MiB, its maximum; trim threshold 4 GiB)",
+     {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024**2), "MALLOC_TRIM_THRESHOLD_": str(4 * 1024**3)}),
+]  # fmt: skip
+
+
+def runtime_section(sft_steps: int) -> str:
+    """Thread and allocator settings, a lever of the throughput issue: rollouts and SFT steps under each."""
+    lines = [
+        "## 6. Threads and allocator",
+        "",
+        "The recipe's rollouts (8 rows: 2 prompts x 4, exactly 128 new tokens, `sample_tokens`) and "
+        f"{sft_steps} optimizer steps of the SFT recipe, in a process started with each environment.",
+        "",
+        "| setting | environment | rollouts s | rollout tok/s | SFT s | SFT tok/s | SFT peak RSS (GiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, env in RUNTIME_SETTINGS:
+        gen = spawn({"kind": "generation", "name": f"runtime-gen-{label}", "backend": "sample_tokens", "prompts": 2,
+                     "env": env})  # fmt: skip
+        sft = spawn({"kind": "sft", "name": f"runtime-sft-{label}", "steps": sft_steps, "overrides": [], "env": env})
+        shown = " ".join(f"`{k}={v}`" for k, v in env.items()) or "-"
+        lines.append(
+            f"| {label} | {shown} | {gen['seconds']:.1f} | {gen['tokens'] / gen['seconds']:.0f} | "
+            f"{sft['seconds']:.0f} | {sft['tokens'] / sft['seconds']:.0f} | {sft['peak_rss_gib']:.1f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def dynamic_sampling_section(tiny_model: str) -> str:
     base = dict(kind="grpo", model_path=tiny_model, batch=16, num_generations=4, completion_length=16, steps=10,
                 warmup_steps=2, trainer="ours", rewards=["first_token"], curriculum="off")  # fmt: skip
     lines = [
-        "## 6. Dynamic sampling (tiny model, CPU)",
+        "## 7. Dynamic sampling (tiny model, CPU)",
         "",
         "Reward 1 when the first completion token id is a multiple of 8 (a random model: p about 1/8, so about 59%",
         "of groups of 4 have zero variance). 16 completions of 16 tokens a step; medians of steps 3-10.",
@@ -569,7 +608,7 @@ def dynamic_sampling_section(tiny_model: str) -> str:
 def gpu_section() -> str:
     import torch
 
-    header = "## 7. GPU: Qwen2.5-0.5B and Qwen2.5-1.5B architectures"
+    header = "## 8. GPU: Qwen2.5-0.5B and Qwen2.5-1.5B architectures"
     if not torch.cuda.is_available():
         return f"{header}\n\nNo GPU on this machine: this part did not run. Run `make bench` where one is visible.\n"
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -614,7 +653,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per trainer for the overhead")
     parser.add_argument("--grpo-steps", type=int, default=4, help="steps per embedded GRPO case (first is warm-up)")
     parser.add_argument("--sft-steps", type=int, default=6, help="optimizer steps per SFT case")
-    parser.add_argument("--only", nargs="+", choices=["overhead", "grpo", "generation", "eval", "sft", "dynamic", "gpu"],
+    parser.add_argument("--runtime-sft-steps", type=int, default=2, help="SFT steps per thread/allocator setting")
+    parser.add_argument("--only", nargs="+", choices=["overhead", "grpo", "generation", "eval", "sft", "runtime",
+                                                      "dynamic", "gpu"],
                         help="run these sections only (beside the machine's limits) and print them")  # fmt: skip
     args = parser.parse_args(argv)
     if args.case:
@@ -636,6 +677,7 @@ def main(argv: list[str] | None = None) -> None:
         "generation": lambda: generation_goal_section(peaks, bandwidth),
         "eval": eval_goal_section,
         "sft": lambda: sft_goal_section(args.sft_steps),
+        "runtime": lambda: (runtime_section(args.runtime_sft_steps), {}),
         "dynamic": lambda: (dynamic_sampling_section(tiny), {}),
         "gpu": lambda: (gpu_section(), {}),
     }
