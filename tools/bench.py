@@ -67,6 +67,9 @@ def machine() -> str:
     return f"{cpu_info().describe()}, {bf16}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
 
 
+BF16_EMULATED_N = 512  # the bf16 matmul's size where the CPU has no native bf16
+
+
 def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
     """Best GFLOP/s of an n x n x n matmul on this machine's CPU, the reference for the 'fraction of peak'."""
     import torch
@@ -379,11 +382,14 @@ def spawn(case: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------- sections
 def limits_section(peaks: dict[str, float], bandwidth: float) -> str:
+    from trl_smallrl.precision import cpu_info
+
     return "\n".join(
         [
             "## 0. This machine's limits",
             "",
-            f"Matmul (2048^3, all cores): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s. "
+            f"Matmul (2048^3, all cores): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} GFLOP/s"
+            f"{'' if cpu_info().native_bf16 else f' ({BF16_EMULATED_N}^3: emulated in software)'}. "
             f"Memory read: {bandwidth:.1f} GB/s.",
             "",
         ]
@@ -664,11 +670,14 @@ def main(argv: list[str] | None = None) -> None:
         (Path(case["work_dir"]) / "result.json").write_text(json.dumps(result))
         return
 
+    from trl_smallrl.precision import cpu_info
     from trl_smallrl.testing import save_tiny_model
 
     started = time.perf_counter()
     tiny = str(save_tiny_model(tempfile.mkdtemp(prefix="bench-tiny-")))
-    peaks = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
+    # Emulated bf16 runs on one thread at well under 1 GFLOP/s: 2048^3 six times would take the limits ~9 minutes
+    peaks = {"float32": matmul_peak("float32"),
+             "bfloat16": matmul_peak("bfloat16", n=2048 if cpu_info().native_bf16 else BF16_EMULATED_N)}  # fmt: skip
     bandwidth = memory_bandwidth()
     sections = {
         "limits": lambda: (limits_section(peaks, bandwidth), {}),
