@@ -67,7 +67,12 @@ def machine() -> str:
     return f"{cpu_info().describe()}, {bf16}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
 
 
-BF16_EMULATED_N = 512  # the bf16 matmul's size where the CPU has no native bf16
+def bf16_matmul_size() -> int:
+    """The bf16 matmul's n: 2048 as fp32's where the CPU has native bf16; 512 where it emulates it on one thread at
+    well under 1 GFLOP/s (2048^3 six times would hold the limits, before any case, about 9 minutes)."""
+    from trl_smallrl.precision import cpu_info
+
+    return 2048 if cpu_info().native_bf16 else 512
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
@@ -382,14 +387,13 @@ def spawn(case: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------- sections
 def limits_section(peaks: dict[str, float], bandwidth: float) -> str:
-    from trl_smallrl.precision import cpu_info
-
+    n = bf16_matmul_size()
     return "\n".join(
         [
             "## 0. This machine's limits",
             "",
             f"Matmul (2048^3, all cores): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} GFLOP/s"
-            f"{'' if cpu_info().native_bf16 else f' ({BF16_EMULATED_N}^3: emulated in software)'}. "
+            f"{'' if n == 2048 else f' ({n}^3: emulated in software)'}. "
             f"Memory read: {bandwidth:.1f} GB/s.",
             "",
         ]
@@ -512,6 +516,7 @@ def eval_goal_section() -> tuple[str, dict]:
 def sft_goal_section(steps: int) -> tuple[str, dict]:
     lora = ["--use_peft", "true", "--lora_r", "32", "--lora_alpha", "64", "--lora_target_modules", "all-linear",
             "--learning_rate", "2e-4"]  # fmt: skip
+    padding_free = ["--padding_free", "true", "--max_length", "None"]  # TRL enforces no max_length without packing
     variants = [  # the first is the recipe when the throughput issue was filed, on today's traces
         ("the recipe before: LoRA r 32 (dropout 0.05), micro-batch 2 x 4, random order",
          [*lora, "--lora_dropout", "0.05", "--train_sampling_strategy", "random"]),
@@ -520,10 +525,9 @@ def sft_goal_section(steps: int) -> tuple[str, dict]:
         ("full fine-tune, micro-batch 8 x 1, batches grouped by length",
          ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]),
         ("full fine-tune, padding-free (TRL's `padding_free`), micro-batch 2 x 4, batches grouped by length",
-         ["--padding_free", "true", "--max_length", "None"]),
+         padding_free),
         ("full fine-tune, padding-free, micro-batch 4 x 2, batches grouped by length",
-         ["--padding_free", "true", "--max_length", "None", "--per_device_train_batch_size", "4",
-          "--gradient_accumulation_steps", "2"]),
+         [*padding_free, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"]),
     ]  # fmt: skip
     recipe = 2
     lines = [
@@ -670,14 +674,11 @@ def main(argv: list[str] | None = None) -> None:
         (Path(case["work_dir"]) / "result.json").write_text(json.dumps(result))
         return
 
-    from trl_smallrl.precision import cpu_info
     from trl_smallrl.testing import save_tiny_model
 
     started = time.perf_counter()
     tiny = str(save_tiny_model(tempfile.mkdtemp(prefix="bench-tiny-")))
-    # Emulated bf16 runs on one thread at well under 1 GFLOP/s: 2048^3 six times would take the limits ~9 minutes
-    peaks = {"float32": matmul_peak("float32"),
-             "bfloat16": matmul_peak("bfloat16", n=2048 if cpu_info().native_bf16 else BF16_EMULATED_N)}  # fmt: skip
+    peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16", n=bf16_matmul_size())}
     bandwidth = memory_bandwidth()
     sections = {
         "limits": lambda: (limits_section(peaks, bandwidth), {}),
