@@ -83,8 +83,8 @@ def test_mask_excludes_exactly_the_zero_variance_groups(mask_trainer):
     assert torch.equal(output[KEEP_KEY].bool(), ~expected)
     assert output["num_items_in_batch"].item() == output["completion_mask"].sum().item()
     metrics = mask_trainer._metrics["train"]
-    assert metrics["dynamic_sampling/zero_variance_before"][-1] == pytest.approx(0.5)
-    assert metrics["dynamic_sampling/zero_variance_after"][-1] == 0.0
+    assert metrics["dynamic_sampling/uninformative_before"][-1] == pytest.approx(0.5)
+    assert metrics["dynamic_sampling/uninformative_after"][-1] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +135,9 @@ def test_resample_replaces_zero_variance_groups_with_fresh_prompts(tiny_model_di
     trainer.model.train()
     output = trainer._generate_and_score_completions(_batch())
     metrics = trainer._metrics["train"]
-    assert metrics["dynamic_sampling/zero_variance_before"][-1] == pytest.approx(0.5)
+    assert metrics["dynamic_sampling/uninformative_before"][-1] == pytest.approx(0.5)
     assert metrics["dynamic_sampling/tries"][-1] >= 1
-    assert metrics["dynamic_sampling/zero_variance_after"][-1] == 0.0
+    assert metrics["dynamic_sampling/uninformative_after"][-1] == 0.0
     # Every group of the batch that trains now has a non-zero advantage somewhere.
     advantages = output["advantages"].view(-1, GROUP)
     assert bool((advantages.abs().sum(dim=1) > 0).all())

@@ -178,7 +178,7 @@ def _train_timed(trainer, warm: int) -> dict:
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None,
         "zero_std": statistics.mean(e.get("frac_reward_zero_std", 0.0) for e in logs),
         "zero_after": statistics.mean(
-            e.get("dynamic_sampling/zero_variance_after", e.get("frac_reward_zero_std", 0.0)) for e in logs
+            e.get("dynamic_sampling/uninformative_after", e.get("frac_reward_zero_std", 0.0)) for e in logs
         ),
     }
 

@@ -2,7 +2,7 @@
 
 A run is judged by how often the model solves a puzzle at each difficulty, not by its training reward. For
 every model (base, SFT, GRPO side by side) we sample `eval_num_samples` completions for each held-out row,
-count the correct ones with the same verifier the rewards use (`Task.score`), and report per level the
+count the correct ones with the same verifier the rewards use (`Task.is_correct`), and report per level the
 unbiased pass@k of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code"), the share of
 completions in the strict `<think>/<answer>` format, and the mean completion length. The per-prompt counts
 are kept in the JSON so that pass@k curves for any k <= n can be drawn later without sampling again.
@@ -119,7 +119,7 @@ def score_samples(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[
             {
                 "level": int(row["level"]),
                 "answer": row.get("answer"),
-                "correct": [task.score(text, fields) >= 1.0 for text in texts],
+                "correct": [task.is_correct(text, fields) for text in texts],
                 "formatted": [has_strict_format(text) for text in texts],
                 "lengths": [completion.length for completion in row_samples],
                 "truncated": [completion.truncated for completion in row_samples],

@@ -3,9 +3,11 @@
 Everything TRL already does is switched on from the recipe (`loss_type: dapo`, `epsilon_high`,
 `mask_truncated_completions`, `scale_rewards`, `beta: 0`, ...). The subclass adds only what TRL lacks:
 
-- dynamic sampling (DAPO; TRL issue 3708 is open): a group whose rewards are all equal has advantage 0 and
-  teaches nothing. `mask` removes those groups from the loss and from its normalization; `resample` replaces
-  them with groups of fresh prompts (at most `dynamic_sampling_max_tries` extra generation rounds);
+- dynamic sampling (DAPO; TRL issue 3708 is open): a group whose answers are all right or all wrong teaches
+  nothing about correctness, whatever length or format terms add to its rewards (which would otherwise turn
+  "wrong but longer" into a full-size advantage). `mask` removes those groups from the loss and from its
+  normalization; `resample` replaces them with groups of fresh prompts (at most `dynamic_sampling_max_tries`
+  extra generation rounds). Rows without a task verifier fall back to TRL's rule: all rewards equal;
 - the curriculum: prompts come from a `CurriculumSampler`, per-prompt correctness (the task verifier, gathered
   from every rank) feeds the curriculum once per generation, and its state lives in each checkpoint;
 - reasoning-health metrics in every log line and a NaN/inf guard (`monitors`);
@@ -40,7 +42,7 @@ from trl_smallrl.curriculum import CurriculumSampler, per_prompt
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.generation import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
 from trl_smallrl.monitors import NonFiniteError, completion_health, health_metrics
-from trl_smallrl.rewards import follow_completion_budget, score_rows
+from trl_smallrl.rewards import correct_rows, follow_completion_budget
 from trl_smallrl.shared_prefix import prefixes_shared
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
     def __init__(self, *args, curriculum=None, **kwargs):
         self.curriculum = curriculum
         self._last_rewards: torch.Tensor | None = None
+        self._last_correct: torch.Tensor | None = None  # per completion, all ranks: 1.0 right, 0.0 wrong, NaN unknown
         super().__init__(*args, **kwargs)
 
     # ----- curriculum -----
@@ -175,7 +178,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         texts = [completion_text(c) for c in completions]
         rows = [{k: v for k, v in x.items() if k != "prompt"} for x in inputs]
-        correct = score_rows(texts, rows) if rows and "task" in rows[0] else [float("nan")] * len(texts)
+        correct = correct_rows(texts, rows) if rows and "task" in rows[0] else [float("nan")] * len(texts)
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         table = []
         for text, row, score, ids in zip(texts, rows, correct, completion_ids_list):
@@ -183,18 +186,24 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             truncated = not ids or ids[-1] not in eos_and_pad
             table.append([row.get("level", -1), score, think_tokens, without_reasoning, format_ok, truncated])
         table = self.accelerator.gather(torch.tensor(table, dtype=torch.float32, device=self.accelerator.device))
+        self._last_correct = table[:, 1]
         for name, value in health_metrics(table).items():
             self._metrics[mode][name].append(value)
         if self.curriculum is not None and mode == "train" and not torch.isnan(table[:, 1]).any():
-            correct = (table[:, 1] >= 1.0).float().tolist()
-            levels, accuracy = per_prompt(table[:, 0].tolist(), correct, self.num_generations)
+            levels, accuracy = per_prompt(table[:, 0].tolist(), table[:, 1].tolist(), self.num_generations)
             self.curriculum.record_gathered(levels, accuracy, step=self.state.global_step)
 
     # ----- dynamic sampling -----
-    def _zero_variance_groups(self) -> torch.Tensor:
-        """One bool per group of the last scored batch (all ranks): True where every reward in the group is equal.
+    def _uninformative_groups(self) -> torch.Tensor:
+        """One bool per group of the last scored batch (all ranks): True where the group teaches nothing.
 
-        Same rule as TRL's `frac_reward_zero_std` (weighted sum of the rewards, std close to 0)."""
+        By correctness where the rows have a task verifier (DAPO: keep a group when 0 < right < G): all right or
+        all wrong is uninformative, whatever the length or format terms add to the rewards. Without a verifier,
+        TRL's `frac_reward_zero_std` rule: the weighted sum of the rewards has a std close to 0."""
+        correct = self._last_correct
+        if correct is not None and correct.numel() and not torch.isnan(correct).any():
+            right = correct.view(-1, self.num_generations).sum(dim=1)
+            return (right == 0) | (right == self.num_generations)
         weights = self.reward_weights.to(self._last_rewards.device)
         rewards = (self._last_rewards * weights.unsqueeze(0)).nansum(dim=1).view(-1, self.num_generations)
         std = rewards.std(dim=1) if self.num_generations > 1 else torch.zeros(rewards.size(0))
@@ -207,15 +216,19 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if not self.model.training or self.args.dynamic_sampling == "none":
+        if not self.model.training:
             return output
         metrics = self._metrics["train"]
-        zero = self._zero_variance_groups()
-        metrics["dynamic_sampling/zero_variance_before"].append(zero.float().mean().item())
+        zero = self._uninformative_groups()
+        if self.args.dynamic_sampling == "none":
+            metrics["informative_groups"].append(float((~zero).sum().item()))
+            return output
+        metrics["dynamic_sampling/uninformative_before"].append(zero.float().mean().item())
         if self.args.dynamic_sampling == "resample":
             output, remaining, tries = self._resample(inputs, output, zero)
             metrics["dynamic_sampling/tries"].append(float(tries))
-            metrics["dynamic_sampling/zero_variance_after"].append(remaining)
+            metrics["dynamic_sampling/uninformative_after"].append(remaining)
+            metrics["informative_groups"].append(round((1.0 - remaining) * zero.numel()))
             return output
         keep = (~self._local_groups(zero, len(inputs))).to(output["completion_mask"].dtype)
         output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
@@ -226,8 +239,9 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         rows = self.accelerator.gather(keep.new_tensor([keep.numel()])).sum()
         kept = self.accelerator.gather(keep.sum().reshape(1)).sum()
         output[SCALE_KEY] = torch.full_like(keep, (rows / kept).item() if kept > 0 else 1.0)
-        metrics["dynamic_sampling/zero_variance_after"].append(0.0)
+        metrics["dynamic_sampling/uninformative_after"].append(0.0)
         metrics["dynamic_sampling/masked_fraction"].append(zero.float().mean().item())
+        metrics["informative_groups"].append(float((~zero).sum().item()))
         return output
 
     def _fresh_inputs(self, batch: int, attempt: int) -> list[dict]:
@@ -253,8 +267,8 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         return [dataset[int(i)] for i in index[start : start + batch]]
 
     def _resample(self, inputs, output, zero):
-        """Replace zero-variance groups with informative groups of fresh prompts; return (output, remaining
-        zero-variance fraction, tries). All ranks run the same number of rounds (the decision is gathered)."""
+        """Replace uninformative groups with informative groups of fresh prompts; return (output, remaining
+        uninformative fraction, tries). All ranks run the same number of rounds (the decision is gathered)."""
         batch, group = len(inputs), self.num_generations
         rank_groups = batch // group
         first = self.accelerator.process_index * rank_groups
@@ -263,7 +277,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         while tries < self.args.dynamic_sampling_max_tries and self.accelerator.gather(local_zero.long()).any():
             tries += 1
             fresh = super()._generate_and_score_completions(self._fresh_inputs(batch, tries))
-            donors = [k for k, z in enumerate(self._zero_variance_groups()[first : first + rank_groups]) if not z]
+            donors = [k for k, z in enumerate(self._uninformative_groups()[first : first + rank_groups]) if not z]
             dst_rows, src_rows = [], []
             for j in local_zero.nonzero().flatten().tolist():
                 if not donors:
@@ -278,7 +292,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         remaining = self.accelerator.gather(local_zero.float()).mean().item()
         if tries:
             logger.info(
-                "dynamic sampling: %d extra round(s); zero-variance groups left: %.0f%%", tries, 100 * remaining
+                "dynamic sampling: %d extra round(s); uninformative groups left: %.0f%%", tries, 100 * remaining
             )
         return output, remaining, tries
 

@@ -58,7 +58,7 @@ def health_metrics(table: torch.Tensor) -> dict[str, float]:
     }
     if torch.isnan(columns["correct"]).any():  # rows without a task verifier: correctness unknown
         return metrics
-    correct = columns["correct"] >= 1.0
+    correct = columns["correct"] > 0  # 1.0 right, 0.0 wrong (`Task.is_correct`)
     metrics["health/format_right_but_wrong"] = ((columns["format_ok"] > 0) & ~correct).float().mean().item()
     metrics["health/accuracy"] = correct.float().mean().item()
     for level in sorted({int(v) for v in columns["level"].tolist()} - {-1}):  # -1: the row has no level

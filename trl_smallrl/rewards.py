@@ -40,11 +40,26 @@ def verifier_scores(completions: Sequence[Any], kwargs: Mapping[str, Any]) -> li
     return score_rows([completion_text(c) for c in completions], rows_from_kwargs(len(completions), kwargs))
 
 
-def score_rows(texts: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Score completion texts against their rows (dataset rows without `prompt`) with each row's task verifier."""
+def verifier_correct(completions: Sequence[Any], kwargs: Mapping[str, Any]) -> list[bool]:
+    """Whether each completion is right by its row's task verifier (`Task.is_correct`)."""
+    return correct_rows([completion_text(c) for c in completions], rows_from_kwargs(len(completions), kwargs))
+
+
+def _require_task_column(rows: Sequence[Mapping[str, Any]]) -> None:
     if rows and "task" not in rows[0]:
         raise ConfigError("dataset: rows have no `task` column; correctness rewards need it to find the verifier.")
+
+
+def score_rows(texts: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Score completion texts against their rows (dataset rows without `prompt`) with each row's task verifier."""
+    _require_task_column(rows)
     return [float(get_task(row["task"]).score(text, row)) for text, row in zip(texts, rows)]
+
+
+def correct_rows(texts: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Whether each completion text is right for its row (dataset row without `prompt`), by `Task.is_correct`."""
+    _require_task_column(rows)
+    return [get_task(row["task"]).is_correct(text, row) for text, row in zip(texts, rows)]
 
 
 class StrictFormatReward:
@@ -97,7 +112,7 @@ class BinaryAccuracyReward:
     __name__ = "accuracy_binary"
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        return [1.0 if score >= 1.0 else -1.0 for score in verifier_scores(completions, kwargs)]
+        return [1.0 if right else -1.0 for right in verifier_correct(completions, kwargs)]
 
 
 class CosineScaledReward:
@@ -129,10 +144,10 @@ class CosineScaledReward:
 
     def __call__(self, completions, completion_ids, **kwargs) -> list[float]:
         rewards = []
-        for score, ids in zip(verifier_scores(completions, kwargs), completion_ids):
+        for right, ids in zip(verifier_correct(completions, kwargs), completion_ids):
             progress = min(len(ids) / self.max_len, 1.0)
             cosine = math.cos(progress * math.pi)
-            if score >= 1.0:
+            if right:
                 lo, hi = self.min_value_correct, self.max_value_correct
             else:
                 lo, hi = self.max_value_wrong, self.min_value_wrong

@@ -31,7 +31,7 @@ def keep_verified(
     kept, correct_counts = [], []
     for row, samples in zip(rows, completions, strict=True):
         answer_row = {key: value for key, value in row.items() if key != "prompt"}
-        correct = [text for text in samples if task.score(text, answer_row) >= 1.0]
+        correct = [text for text in samples if task.is_correct(text, answer_row)]
         correct_counts.append(len(correct))
         for text in list(dict.fromkeys(correct))[:keep_per_prompt]:
             kept.append({"messages": [*row["prompt"], {"role": "assistant", "content": text}]})

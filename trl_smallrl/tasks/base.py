@@ -25,6 +25,7 @@ MAX_LEVEL = 1024
 # wrong without being read, so that a policy writing a 100 KB answer block cannot stall a step in a verifier
 # whose cost grows faster than its input (reasoning-gym's, math-verify's).
 MAX_ANSWER_CHARS = 4096
+FULL_CREDIT = 1.0  # a score at or above this is a right answer (`Task.is_correct`); below it, partial credit
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. First think about the reasoning process step by step, then give the final "
@@ -122,6 +123,11 @@ class Task:
     def score(self, completion: Any, row: Mapping[str, Any]) -> float:
         """1.0 when the completion's answer is right, 0.0 otherwise; never raises, whatever the text."""
         raise NotImplementedError
+
+    def is_correct(self, completion: Any, row: Mapping[str, Any]) -> bool:
+        """Whether the completion earns full credit (`score` 1.0): the one meaning of "right" that the accuracy
+        and cosine rewards, dynamic sampling, the curriculum, the health metrics, eval and the teacher share."""
+        return self.score(completion, row) >= FULL_CREDIT
 
     def write_trace(self, row: Mapping[str, Any]) -> str:
         """A supervised warm-up completion for `row`, written from its ground truth by the task's own solver.
