@@ -214,3 +214,53 @@ def test_sampling_draws_transformers_distribution(monkeypatch, temperature, top_
     assert ((counts / draws - expected).abs() <= 5 * sd + 1e-9).all()
     if candidates < 12:  # the nucleus is wider than the first candidates: the search had to widen
         assert (expected > 0).sum(-1).max() > candidates
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False], ids=["shared-prefix", "trl-scoring"])
+def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         shared_prefix):  # fmt: skip
+    """The log-probability the CPU sampler drew each token with (LoRA added into the base, `_Decoder` steps) is
+    the one the trainer's loss computes for it (`_get_per_token_logps_and_entropies`, the adapter as PEFT runs it),
+    with the group's prompt run once or TRL's plain scoring: the loss's ratio is 1 at the first update."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from trl_smallrl import generation
+    from trl_smallrl.configs import GRPOConfig
+    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
+
+    steps = []  # (logits the sampler drew from, tokens it drew), one pair a decode step
+    draw = generation._sample
+
+    def recording_draw(logits, temperature, top_p, top_k):
+        tokens = draw(logits, temperature, top_p, top_k)
+        steps.append(((logits.float() / temperature).log_softmax(-1).gather(1, tokens[:, None])[:, 0], tokens))
+        return tokens
+
+    monkeypatch.setattr(generation, "_sample", recording_draw)
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3, temperature=0.8,
+                      max_completion_length=6, report_to="none", bf16=False)  # fmt: skip
+    prompts = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": text}]} for text in ("Say 1.", "Tell me 22.")]
+    )
+    trainer = SmallRLGRPOTrainer(
+        model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+        train_dataset=prompts, peft_config=LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    )  # fmt: skip
+    if not shared_prefix:
+        monkeypatch.setattr(trainer, "_shares_prompts", lambda model: False)
+    prompt_ids = [trainer._tokenizer.apply_chat_template(p["prompt"], add_generation_prompt=True)["input_ids"]
+                  for p in prompts for _ in range(3)]  # fmt: skip
+    torch.manual_seed(0)
+    completions, _ = trainer._generate_single_turn(prompt_ids, None, {}, 3)
+    assert all(len(c) == 6 for c in completions)  # no row ended early: step t's row r is completion r's token t
+    sampler_logps = torch.stack([logps for logps, _ in steps], dim=1)
+    assert torch.equal(torch.stack([tokens for _, tokens in steps], dim=1), torch.tensor(completions))
+
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[trainer._tokenizer.pad_token_id] * (width - len(p)) + p + c
+                        for p, c in zip(prompt_ids, completions)])  # fmt: skip
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + 6) for p in prompt_ids])
+    with torch.no_grad():
+        trainer_logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 6)[0]
+    torch.testing.assert_close(trainer_logps, sampler_logps, rtol=0, atol=1e-4)

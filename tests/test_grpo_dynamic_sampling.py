@@ -150,3 +150,82 @@ def test_unknown_mode_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="dynamic_sampling: unknown value 'maks'.*mask"):
         configs.GRPOConfig(output_dir=str(tmp_path), dynamic_sampling="maks")
+
+
+# ----- with a task verifier: groups chosen by correctness (DAPO), not by the spread of the total reward -----
+VERDICTS = ["right", "wrong", "parity", "parity"]  # prompt i's answers: all right, all wrong, right when even length
+
+
+class _ScriptedTask:
+    """A task whose verifier the test controls per row: `verdict` right, wrong, or by the completion's parity."""
+
+    name = "scripted"
+
+    def is_correct(self, completion, row):
+        return {"right": True, "wrong": False}.get(row["verdict"], len(completion) % 2 == 0)
+
+
+def reward_varied(completions, completion_ids, **kwargs):
+    """Differs between any two completions: a length or format term of the kind that made every group 'vary'."""
+    return [sum(ids) / 1000.0 for ids in completion_ids]
+
+
+@pytest.fixture
+def scripted_task(monkeypatch):
+    from trl_smallrl import tasks
+
+    tasks._task.cache_clear()
+    monkeypatch.setitem(tasks.TASKS, "scripted", _ScriptedTask)
+    yield
+    tasks._task.cache_clear()
+
+
+def _scripted_rows(n_prompts):
+    return [
+        {"prompt": [{"role": "user", "content": f"Answer {i}."}], "task": "scripted", "level": 2,
+         "verdict": VERDICTS[i % 4]}
+        for i in range(n_prompts)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["none", "mask", "resample"])
+def test_groups_are_kept_by_correctness_whatever_the_reward_spread(tiny_model_dir, tmp_path, scripted_task, mode):
+    torch.manual_seed(0)
+    args = configs.GRPOConfig(
+        output_dir=str(tmp_path / mode),
+        num_generations=GROUP,
+        per_device_train_batch_size=GROUP * len(VERDICTS),
+        max_completion_length=8,
+        dynamic_sampling=mode,
+        dynamic_sampling_max_tries=4,
+        report_to="none",
+        seed=0,
+        bf16=False,
+    )
+    trainer = SmallRLGRPOTrainer(
+        model=tiny_model_dir,
+        reward_funcs=[reward_varied],
+        args=args,
+        train_dataset=Dataset.from_list(_scripted_rows(16)),
+    )
+    trainer.model.train()
+    batch = [row for row in _scripted_rows(len(VERDICTS)) for _ in range(GROUP)]
+    output = trainer._generate_and_score_completions(batch)
+    metrics = trainer._metrics["train"]
+    if mode == "resample":
+        # every group that trains now holds a right and a wrong answer: the all-right/all-wrong ones were replaced
+        assert metrics["dynamic_sampling/uninformative_before"][-1] >= 0.5
+        assert metrics["dynamic_sampling/uninformative_after"][-1] == 0.0
+        assert metrics["informative_groups"][-1] == len(VERDICTS)
+        advantages = output["advantages"].view(-1, GROUP)
+        assert bool((advantages.abs().sum(dim=1) > 0).all())
+        return
+    texts = trainer.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
+    right = torch.tensor([_ScriptedTask().is_correct(t, r) for t, r in zip(texts, batch)]).view(-1, GROUP).sum(dim=1)
+    informative = (right > 0) & (right < GROUP)
+    assert not informative[0] and not informative[1]  # all right, all wrong: their rewards still differ
+    assert metrics["informative_groups"][-1] == informative.sum().item()
+    if mode == "mask":
+        kept = output[KEEP_KEY].view(-1, GROUP)[:, 0].bool()
+        assert torch.equal(kept, informative)
+        assert metrics["dynamic_sampling/uninformative_before"][-1] == pytest.approx(1 - informative.float().mean())

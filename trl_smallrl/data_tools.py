@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from trl_smallrl import atomic
+from trl_smallrl.cli import CommandParser
 from trl_smallrl.configs import DataArguments
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.generation import SamplingSettings
@@ -90,12 +90,12 @@ def _quiet_progress_bars() -> None:
     datasets.disable_progress_bars()
 
 
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: CommandParser) -> None:
     parser.add_argument("--task", default="knights_knaves", help="Task name (kk = knights_knaves).")
     parser.add_argument("--system-prompt", default=None, help="System prompt; default: the task's own.")
 
 
-def _generation_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+def _generation_arguments(parser: CommandParser, required: bool) -> None:
     parser.add_argument("--levels", type=str, required=required, default=None, help="e.g. 2-6 or 2,3,5.")
     parser.add_argument("--size", type=int, default=100, help="Rows per level.")
     parser.add_argument("--seed", type=int, default=0, help="Task seed (train and eval never overlap).")
@@ -105,7 +105,7 @@ def _generation_arguments(parser: argparse.ArgumentParser, required: bool) -> No
 @entry_point
 def data_main(argv: Sequence[str] | None = None) -> None:
     """smallrl-data: generate rows of a task and write them to jsonl or parquet."""
-    parser = argparse.ArgumentParser(prog="smallrl-data", description=data_main.__doc__)
+    parser = CommandParser(prog="smallrl-data", description=data_main.__doc__)
     _common_arguments(parser)
     _generation_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="Output file: .jsonl or .parquet.")
@@ -138,7 +138,7 @@ def conversations(rows: Sequence[dict[str, Any]], traces: Sequence[str]) -> list
 @entry_point
 def traces_main(argv: Sequence[str] | None = None) -> None:
     """smallrl-traces: write SFT conversations (system, user, assistant trace), one line a puzzle."""
-    parser = argparse.ArgumentParser(prog="smallrl-traces", description=traces_main.__doc__)
+    parser = CommandParser(prog="smallrl-traces", description=traces_main.__doc__)
     _common_arguments(parser)
     _generation_arguments(parser, required=False)
     parser.add_argument("--dataset", default=None, help="Rows or records file instead of --levels.")
@@ -230,7 +230,7 @@ def accuracy_report(results: Sequence[dict[str, Any]]) -> str:
 @entry_point
 def score_main(argv: Sequence[str] | None = None) -> None:
     """smallrl-score: score completions made elsewhere with the task's verifier; print accuracy per level."""
-    parser = argparse.ArgumentParser(prog="smallrl-score", description=score_main.__doc__)
+    parser = CommandParser(prog="smallrl-score", description=score_main.__doc__)
     parser.add_argument("--task", default="knights_knaves", help="Task name (kk = knights_knaves).")
     parser.add_argument("--dataset", required=True, help="The rows the completions answer (.jsonl/.parquet).")
     parser.add_argument("--completions", required=True, help='jsonl: {"index": i, "completion": "..."} a line.')

@@ -9,7 +9,6 @@ uploaded.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -18,11 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trl_smallrl import atomic
+from trl_smallrl.cli import CommandParser
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.evaluation import results_table
 from trl_smallrl.model_card import build_model_card, eval_results, recipe_yaml
-from trl_smallrl.models import is_hub_id, merged_adapter_path, model_lineage, public_model_id
+from trl_smallrl.models import (
+    MERGED_BASE_FILE,
+    embedded_source,
+    is_hub_id,
+    merged_adapter_path,
+    model_lineage,
+    public_model_id,
+)
 from trl_smallrl.plots import load_log_history, plot_pass_at_k, plot_run
+from trl_smallrl.recipe import RESOLVED_CONFIG_FILE
 from trl_smallrl.redaction import redact_secrets
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -37,7 +45,6 @@ TOKENIZER_PATTERNS = (
     "vocab.json",
     "merges.txt",
 )
-CONFIG_FILE = "smallrl_config.json"
 
 
 def _read_json(path: Path) -> dict:
@@ -46,9 +53,9 @@ def _read_json(path: Path) -> dict:
 
 def _run_config(run_dir: Path) -> dict:
     """The run's saved config; a checkpoint-N folder uses its run's (the config is saved once per run)."""
-    config = _read_json(run_dir / CONFIG_FILE)
+    config = _read_json(run_dir / RESOLVED_CONFIG_FILE)
     if not config and run_dir.name.startswith("checkpoint-"):
-        config = _read_json(run_dir.parent / CONFIG_FILE)
+        config = _read_json(run_dir.parent / RESOLVED_CONFIG_FILE)
     return config
 
 
@@ -102,12 +109,18 @@ def prepare_upload(
         )
     if merge and not adapter_config:
         raise ConfigError(f"--merge: {str(run_dir)!r} is a full model, not an adapter; drop --merge.")
+    if adapter_config and not merge and (run_dir / MERGED_BASE_FILE).is_file():
+        raise ConfigError(
+            f"--merge: {str(run_dir)!r} hard-reset its LoRA adapter (resets), so the adapter works only on the base "
+            "with the earlier adapters merged in, which no reader has; push it with --merge."
+        )
+    kind = "merged" if merge else "adapter" if adapter_config else "full"
     config = _run_config(run_dir)
     base_source = adapter_config.get("base_model_name_or_path") or config.get("model_name_or_path") or str(run_dir)
     lineage = model_lineage(base_source)
     # A merged upload loads on its own: name the model the chain began with. An adapter needs its exact base.
-    base_model = base_model or (lineage[0] if merge else public_model_id(base_source))
-    if not merge and not is_hub_id(base_model):
+    base_model = base_model or (public_model_id(base_source) if kind == "adapter" else lineage[0])
+    if kind == "adapter" and not is_hub_id(base_model):
         print(
             f"warning: base model {base_model!r} is not a Hub id, so readers cannot load the adapter; pass "
             "--base-model ORG/NAME (its copy on the Hub) or push the merged model with --merge."
@@ -128,7 +141,7 @@ def prepare_upload(
             _copy_matching(run_dir, staging, MODEL_PATTERNS)
         _copy_matching(run_dir, staging, TOKENIZER_PATTERNS)
         if config:
-            (staging / CONFIG_FILE).write_text(json.dumps(redact_secrets(config), indent=2, sort_keys=True))
+            (staging / RESOLVED_CONFIG_FILE).write_text(json.dumps(redact_secrets(config), indent=2, sort_keys=True))
         if log_history:
             (staging / "trainer_state.json").write_text(json.dumps({"log_history": log_history}, indent=1))
         plot_files = [str(p.relative_to(staging)) for p in plot_run(staging, staging / "plots")] if log_history else []
@@ -140,7 +153,8 @@ def prepare_upload(
         card = build_model_card(
             title=title or run_dir.resolve().name,
             base_model=base_model,
-            merged=merge,
+            kind=kind,
+            embedded_source=embedded_source(base_source),
             config=config,
             lineage=lineage,
             log_history=log_history,
@@ -190,6 +204,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, *, token: s
             "hub_model_id: no repository named; set hub_model_id in the recipe or pass --repo-id ORG/NAME."
         )
     private = bool(options.pop("private", None) or config.get("hub_private_repo"))
+    # A run with hard resets can only be shared merged (its adapter sits on merged weights): merge it on push.
+    options.setdefault("merge", (Path(run_dir) / MERGED_BASE_FILE).is_file())
     with tempfile.TemporaryDirectory(prefix="smallrl-push-") as tmp:
         folder = prepare_upload(run_dir, Path(tmp) / "upload", title=repo_id, **options)
         return push(folder, repo_id, private=private, token=token)
@@ -212,7 +228,7 @@ def defer_push_to_hub(training_args) -> bool:
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-push RUN_DIR [--repo-id ORG/NAME] [--eval results.json] [--merge] [--dry-run DIR]`."""
-    parser = argparse.ArgumentParser(prog="smallrl-push", description=main.__doc__)
+    parser = CommandParser(prog="smallrl-push", description=main.__doc__)
     parser.add_argument("run_dir", help="training output_dir with the adapter (or a checkpoint-N folder)")
     parser.add_argument("--repo-id", help="Hub repository; default: hub_model_id of the run's recipe")
     parser.add_argument("--eval", dest="eval_json", help="results.json of smallrl-eval, for the card's table")

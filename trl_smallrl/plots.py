@@ -8,7 +8,6 @@ no curriculum figure. Figures are PNG (matplotlib's Agg backend, no display need
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from trl_smallrl import atomic
 from trl_smallrl.checkpoints import last_complete_checkpoint
+from trl_smallrl.cli import CommandParser
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.evaluation import pass_at_k
 
@@ -271,7 +271,7 @@ def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-plot [RUN_DIR] [--eval results.json] [--out DIR]`: write the PNG figures and list them."""
-    parser = argparse.ArgumentParser(prog="smallrl-plot", description=main.__doc__)
+    parser = CommandParser(prog="smallrl-plot", description=main.__doc__)
     parser.add_argument("run_dir", nargs="?", help="a training output_dir (holds trainer_state.json)")
     parser.add_argument("--eval", dest="eval_json", help="results.json of smallrl-eval: adds pass_at_k.png")
     parser.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots, else beside the eval)")

@@ -59,7 +59,10 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         *parsed, config_rest, cli_rest = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True
         )
-    except SystemExit as err:  # argparse already printed what was wrong with a command-line value
+    except SystemExit as err:
+        if err.code in (0, None):  # `--help` printed the options: a normal exit, not a mistake
+            raise
+        # argparse already printed what was wrong with a command-line value
         raise ConfigError("command line: see the message above; `--help` lists every option.") from err
     except ValueError as err:  # a config's own validation (TRL's or ours) rejected a combination
         raise ConfigError(f"{f'recipe {recipe}' if recipe else 'command line'}: {err}") from err

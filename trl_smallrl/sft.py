@@ -36,17 +36,20 @@ class SmallRLSFTTrainer(AtomicCheckpointMixin, SFTTrainer):
     """TRL's `SFTTrainer` whose checkpoints appear whole (`checkpoints.AtomicCheckpointMixin`)."""
 
 
-def to_prompt_completion(rows, task: Task | None = None):
+def to_prompt_completion(rows, task: Task | None = None, chat_template_kwargs: dict | None = None):
     """Rows -> TRL's conversational prompt/completion format (only those two columns), so TRL masks the prompt.
 
     A row is a conversation of `smallrl-traces` (`messages`: system, user, assistant), or a row of `task`, whose
-    trace the task's solver writes (`Task.write_trace`).
+    trace the task's solver writes (`Task.write_trace`). `chat_template_kwargs` go into each row's column of that
+    name, which TRL's SFT tokenization passes to the chat template.
     """
+    extra = {"chat_template_kwargs": dict(chat_template_kwargs)} if chat_template_kwargs else {}
 
     def convert(row):
         if "messages" in row:
-            return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
-        return {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": task.write_trace(row)}]}
+            return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:], **extra}
+        trace = task.write_trace(row)
+        return {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": trace}], **extra}
 
     if "messages" not in rows.column_names and (task is None or not task.writes_traces):
         raise ConfigError(
@@ -56,7 +59,7 @@ def to_prompt_completion(rows, task: Task | None = None):
     return rows.map(convert, remove_columns=rows.column_names)
 
 
-def load_traces(script_args: SFTScriptArguments, split: str):
+def load_traces(script_args: SFTScriptArguments, split: str, chat_template_kwargs: dict | None = None):
     """The SFT dataset of a split: the traces file, else the task's generated rows with their written traces."""
     if script_args.traces_file and split == "train":
         if not os.path.isfile(script_args.traces_file):
@@ -70,14 +73,15 @@ def load_traces(script_args: SFTScriptArguments, split: str):
                 f"traces_file: {script_args.traces_file!r} is not a file of conversations ending in the "
                 'assistant\'s trace ({"messages": [...]} a line); write it with `smallrl-traces`.'
             )
-        return to_prompt_completion(rows)
-    return to_prompt_completion(build_dataset(script_args, split), get_task(script_args.task))
+        return to_prompt_completion(rows, chat_template_kwargs=chat_template_kwargs)
+    return to_prompt_completion(build_dataset(script_args, split), get_task(script_args.task), chat_template_kwargs)
 
 
 def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
     """TRL's `SFTTrainer` on the recipe's traces, LoRA or full fine-tuning as the recipe says."""
-    train_dataset = load_traces(script_args, "train")  # a bad traces file fails before any model loads
-    eval_dataset = load_traces(script_args, "eval") if training_args.eval_strategy != "no" else None
+    template = training_args.chat_template_kwargs
+    train_dataset = load_traces(script_args, "train", template)  # a bad traces file fails before any model loads
+    eval_dataset = load_traces(script_args, "eval", template) if training_args.eval_strategy != "no" else None
     prepare_model_args(model_args, training_args)
     return SmallRLSFTTrainer(
         model=model_args.model_name_or_path,
