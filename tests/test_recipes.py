@@ -118,3 +118,37 @@ def test_a_qwen3_recipe_sets_the_thinking_mode_its_header_names(path):
     assert ("thinking off" in text) != ("thinking on" in text), f"{path}: say 'thinking off' or 'thinking on'"
     kwargs = yaml.safe_load(text).get("chat_template_kwargs") or {}
     assert kwargs.get("enable_thinking", True) is ("thinking on" in text)
+
+
+@pytest.mark.parametrize("path", [p for p in all_recipes() if "best one" in p.read_text()], ids=str)
+def test_a_recipe_that_keeps_the_best_checkpoint_evaluates_each_one(path):
+    """A recipe that promises checkpoint selection evaluates every checkpoint and names the metric that picks it."""
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text())
+    assert recipe.get("save_strategy") == recipe.get("eval_strategy") == "steps"
+    assert recipe.get("eval_steps") == recipe.get("save_steps")
+    assert recipe.get("metric_for_best_model") and recipe.get("eval_size", 0) > 0
+
+
+def test_the_estimate_counts_ddps_gradient_buckets_and_deepspeeds_buckets(tmp_path):
+    """DDP over several processes keeps a second copy of the gradients in its buckets; one process does not."""
+    body = "model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct\nnum_generations: 8\nper_device_train_batch_size: 8\n"
+    one, four = (check_with_computed_memory(write(tmp_path / str(n), body, n=n)) for n in (1, 4))
+    assert four.memory_gb - one.memory_gb == pytest.approx(one.trainable * 4 / 1024**3, abs=0.05)
+    zero2 = Path(__file__).parents[1] / "accelerate_configs" / "zero2.yaml"
+    launch = f"# launch: accelerate launch --config_file {zero2} -m trl_smallrl.grpo\n"
+    assert "buffers 0.9" in check_with_computed_memory(write(tmp_path / "z2", launch + body)).path.read_text()
+
+
+def test_a_vllm_share_without_room_for_the_generation_batchs_cache_is_refused(tmp_path):
+    """R1-Distill-1.5B's batch (24 rows of up to 4096 tokens a process) does not fit a quarter of a 24 GB GPU
+    beside vLLM's own copy of the weights."""
+    body = ("model_name_or_path: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B\nuse_peft: true\nnum_generations: 6\n"
+            "per_device_train_batch_size: 6\ngradient_accumulation_steps: 4\nmax_completion_length: 3584\n"
+            "gradient_checkpointing: true\nuse_vllm: true\nvllm_mode: colocate\nvllm_max_model_length: 4096\n")  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"leaves vLLM -?\d+\.\d GB of KV cache .* 24 rows x 4096 tokens\) needs 2\.6"
+    ):
+        check_with_computed_memory(write(tmp_path, body + "vllm_gpu_memory_utilization: 0.25\n"))
+    check_with_computed_memory(write(tmp_path, body + "vllm_gpu_memory_utilization: 0.35\n"))

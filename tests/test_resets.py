@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from datasets import Dataset
@@ -123,13 +126,32 @@ def reset_run(tmp_path_factory, tiny_model_dir):
             adapters[state.global_step] = _lora_b(trainer)
 
     trainer.add_callback(AdapterSnapshot())
+    first_optimizer = []
+
+    class OptimizerRef(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                first_optimizer.append(weakref.ref(trainer.optimizer.optimizer))
+
+    trainer.add_callback(OptimizerRef())
     with pytest.MonkeyPatch.context() as monkeypatch:
         spy = GenerationSpy(trainer, monkeypatch)
         trainer.train()
     return {
         "trainer": trainer, "callback": callback, "before": before, "after": after, "spy": spy,
         "adapters": adapters, "out": out, "at_checkpoint": at_checkpoint, "phase": phase,
+        "first_optimizer": first_optimizer[0],
     }  # fmt: skip
+
+
+def test_the_optimizer_before_a_reset_is_freed(reset_run):
+    """A reset's new optimizer replaces the old one everywhere: accelerate's lists hold only the new one and the old
+    one (with its states: twice the trained weights) is collected."""
+    gc.collect()
+    assert reset_run["first_optimizer"]() is None
+    trainer = reset_run["trainer"]
+    assert trainer.accelerator._optimizers == [trainer.optimizer]
+    assert all(s is trainer.lr_scheduler for s in trainer.accelerator._schedulers)
 
 
 def test_reset_keeps_the_policy_and_starts_a_fresh_adapter(reset_run):

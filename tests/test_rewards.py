@@ -170,3 +170,17 @@ def test_soft_overlong_follows_the_completion_budget_unless_set():
     assert following[0](completion_ids=ids) == [pytest.approx(-0.5)]  # 45 tokens: halfway into the 40-50 band
     assert following[0].__name__ == "soft_overlong" and following[1].__name__ == "format"
     assert fixed[0](completion_ids=ids) == [0.0]  # the recipe's own L_max stays
+
+
+def test_reward_defaults_are_the_recipe_dataclass_defaults():
+    """A reward built without a parameter uses the default the recipe's `--help` shows (GRPOScriptArguments)."""
+    import dataclasses
+
+    from trl_smallrl.configs import GRPOScriptArguments
+    from trl_smallrl.rewards import get_reward_funcs
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOScriptArguments)}
+    overlong, cosine = get_reward_funcs(["soft_overlong", "cosine"], max_completion_length=512)
+    assert overlong.overlong_cache == defaults["overlong_cache"]
+    assert (cosine.max_len, cosine.min_value_wrong) == (defaults["cosine_max_len"], defaults["cosine_min_value_wrong"])
+    assert get_reward_funcs(["soft_overlong"], max_completion_length=512, overlong_cache=8)[0].overlong_cache == 8

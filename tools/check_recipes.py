@@ -162,6 +162,10 @@ def check_generation_batch(recipe: dict, num_processes: int, where: str) -> int:
 
 GIB = 1024**3
 CONTEXT_GB = 1.0  # CUDA context, allocator slack, NCCL buffers
+# DeepSpeed's bucket sizes when the config leaves them unset (our accelerate configs do), in elements: ZeRO-2's
+# reduce and all-gather buckets (5e8 each), ZeRO-3's reduce bucket and parameter prefetch (5e8 + 5e7).
+DEEPSPEED_BUCKET_ELEMENTS = {2: 1_000_000_000, 3: 550_000_000}
+VLLM_OVERHEAD_GB = 1.0  # vLLM's activations and CUDA graphs inside its share, beside weights and KV cache
 
 
 @dataclass
@@ -170,6 +174,7 @@ class MemoryEstimate:
 
     weights: float
     optimizer: float  # gradients, AdamW moments, float32 masters where the weights are half precision
+    buffers: float  # DDP's gradient buckets (a second copy of the gradients), or DeepSpeed's communication buckets
     reference: float
     activations: float
     logits: float
@@ -195,6 +200,8 @@ def estimate_memory(config, recipe: dict, method: str, parameters: int, trainabl
     (only each layer's input with gradient checkpointing, plus one layer being recomputed). Neither TRL trainer
     builds the batch x length x vocabulary logits: its fused LM head works in 4096-token x 32768-word tiles.
     Generation is vLLM's reserved share of the GPU, or else the KV cache of one generation batch.
+    Buffers: DDP over several processes reduces gradients through buckets that copy them; DeepSpeed reduces and
+    gathers through buckets of its default sizes (`DEEPSPEED_BUCKET_ELEMENTS`), in the half-precision dtype.
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden, layers = text.hidden_size, text.num_hidden_layers
@@ -207,6 +214,10 @@ def estimate_memory(config, recipe: dict, method: str, parameters: int, trainabl
     shard = num_processes if engine_name == "deepspeed" else 1
     weights = parameters * weight_bytes / (num_processes if engine_name == "deepspeed" and zero3 else 1)
     optimizer = trainable * (12 + (4 if weight_bytes == 2 and engine_name == "deepspeed" else 0)) / shard
+    if engine_name == "deepspeed":
+        buffers = min(trainable, DEEPSPEED_BUCKET_ELEMENTS[3 if zero3 else 2]) * 2
+    else:
+        buffers = trainable * 4 if num_processes > 1 else 0  # float32 gradients: the trainable weights' dtype here
     reference = parameters * weight_bytes if float(recipe.get("beta", 0.0)) > 0 and not recipe.get("use_peft") else 0
     batch = int(recipe.get("per_device_train_batch_size", 8))
     if method == "grpo":
@@ -231,6 +242,7 @@ def estimate_memory(config, recipe: dict, method: str, parameters: int, trainabl
     return MemoryEstimate(
         weights=weights / GIB,
         optimizer=optimizer / GIB,
+        buffers=buffers / GIB,
         reference=reference / GIB,
         activations=activations / GIB,
         logits=logits / GIB,
@@ -259,6 +271,32 @@ def check_memory_header(where: str, headers: dict[str, str], estimate: MemoryEst
         raise ConfigError(
             f"{where}: write '# memory_per_gpu: about {estimate.total:.0f} GB (computed by make check-recipes: "
             f"{estimate.describe()}; not measured)'."
+        )
+
+
+def check_vllm_cache(where: str, config, recipe: dict, parameters: int, gpu_memory_gb: float) -> None:
+    """A colocated vLLM's share must hold its bf16 weights and the KV cache of one process's generation batch
+    (every row at its longest): with less, vLLM runs the rows a few at a time and a step's rollouts take several
+    times as long, which no error message says."""
+    if not recipe.get("use_vllm"):
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    rows = int(recipe.get("per_device_train_batch_size", 8)) * int(
+        recipe.get("steps_per_generation") or recipe.get("gradient_accumulation_steps", 1)
+    )
+    length = int(recipe.get("vllm_max_model_length") or 512 + int(recipe.get("max_completion_length", 256)))
+    needed = 2 * text.num_hidden_layers * kv_heads * head_dim * 2 * rows * length / GIB
+    share = float(recipe.get("vllm_gpu_memory_utilization", 0.3))
+    cache = share * gpu_memory_gb - parameters * 2 / GIB - VLLM_OVERHEAD_GB
+    if cache < needed:
+        wanted = (needed + parameters * 2 / GIB + VLLM_OVERHEAD_GB) / gpu_memory_gb
+        raise ConfigError(
+            f"{where}: vllm_gpu_memory_utilization {share:g} of {gpu_memory_gb:g} GB leaves vLLM {cache:.1f} GB of KV "
+            f"cache after its weights, but one generation batch ({rows} rows x {length} tokens) needs {needed:.1f} "
+            f"GB; raise it to {wanted:.2f}, or generate fewer or shorter rows a step."
         )
 
 
@@ -342,6 +380,8 @@ def check_recipe(path: Path) -> RecipeReport:
                 float(headers["gpu_memory_gb"]),
             )
             check_memory_header(where, headers, estimate)
+            if method == "grpo":
+                check_vllm_cache(where, config, recipe, parameters, float(headers["gpu_memory_gb"]))
             memory_gb = estimate.total
     return RecipeReport(path, method, architecture, parameters, trainable, memory_gb, num_processes, batch)
 

@@ -6,10 +6,16 @@ tokenizer, so it needs no download, and checks what a first RTX 3090 / A40 run w
 
 - kk-steps: 3 steps of the Qwen2.5-0.5B K&K recipe (full fine-tune, float32 weights, bf16 autocast) move weights;
 - temperature-reset: after a reset to a new temperature the training log-probs are log_softmax(logits / T);
-- zero2 / zero3 / fsdp: one process under each engine trains 2 steps, and a reset is refused in one line;
-- memory-0.5b / memory-1.5b: 2 steps of the recipe's batch shape stay under a 24 GiB / 48 GiB cap;
+- zero2 / zero3 / fsdp: one process under each engine trains 3 steps (the whole weights, gathered from the engine's
+  shards, are compared), and a reset is refused in one line;
+- memory-0.5b: 2 steps of the Qwen2.5-0.5B K&K recipe as it is, vLLM rollouts included (its share scaled to the
+  cap), under the 24 GiB of the RTX 3090 it names; memory-1.5b: 2 steps of the DeepSeek-R1-Distill-1.5B recipe
+  (Open-RS math shape: 3584-token completions) under its ZeRO-2 config, one process, under the A40's 48 GiB;
 - eval-batch: one eval batch of the K&K eval, timed;
-- vllm-lora: with vLLM installed, 2 colocated LoRA steps (a weight sync each step).
+- vllm-lora: 2 colocated LoRA steps (a weight sync each step).
+
+A check that cannot run here (no DeepSpeed, no vLLM) prints SKIP with the reason and the install line: it is not
+passed, and the recipe it names is not measured.
 
 `--cpu` runs the checks that need no GPU with the tiny test model (a test does this): kk-steps,
 temperature-reset, and FSDP's refusal of a reset as `accelerate launch` would signal the engine. Each check runs in its
@@ -29,7 +35,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KK_RECIPE = ROOT / "recipes" / "qwen2.5-0.5b-instruct" / "grpo" / "kk_curriculum.yaml"
-CAPS_GIB = {"Qwen/Qwen2.5-0.5B-Instruct": 24, "Qwen/Qwen2.5-1.5B-Instruct": 48}
+R1_RECIPE = ROOT / "recipes" / "deepseek-r1-distill-qwen-1.5b" / "grpo" / "open_rs_cosine.yaml"
+# memory check -> (the recipe it measures, the architecture of its model, the GPU memory of the hardware it names)
+MEMORY_CHECKS = {
+    "memory-0.5b": (KK_RECIPE, "Qwen/Qwen2.5-0.5B-Instruct", 24),
+    "memory-1.5b": (R1_RECIPE, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", 48),
+}
+INSTALL = {"deepspeed": "pip install -e '.[deepspeed]'", "vllm": "pip install -e '.[vllm]'"}
 
 
 # ------------------------------------------------------------------------------------------ inside one check
@@ -46,13 +58,21 @@ def _random_model(model_id: str, folder: Path) -> str:
     return str(folder)
 
 
-def _kk_argv(model: str, out: Path, steps: int, **overrides) -> list[str]:
-    argv = ["--config", str(KK_RECIPE), "--model_name_or_path", model, "--output_dir", str(out),
+def _kk_argv(model: str, out: Path, steps: int, recipe: Path = KK_RECIPE, **overrides) -> list[str]:
+    """The recipe for a few steps, saving nothing; `use_vllm` false unless an override says otherwise."""
+    overrides = {"use_vllm": "false", "train_size": 64, **overrides}
+    argv = ["--config", str(recipe), "--model_name_or_path", model, "--output_dir", str(out),
             "--max_steps", str(steps), "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no",
-            "--use_vllm", "false", "--logging_steps", "1", "--train_size", "64"]  # fmt: skip
+            "--logging_steps", "1"]  # fmt: skip
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
     return argv
+
+
+def _whole_weights(trainer) -> dict:
+    """Every weight, whole, on the CPU: gathered from the engine's shards under ZeRO-3 and FSDP."""
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    return {name: tensor.detach().float().cpu() for name, tensor in (state or {}).items()}
 
 
 def check_kk_steps(model: str, work: Path, **overrides) -> str:
@@ -66,9 +86,14 @@ def check_kk_steps(model: str, work: Path, **overrides) -> str:
     # (with every group kept) gives each step a gradient, which is what this check needs.
     overrides = {"dynamic_sampling": "none", "entropy_coef": 0.01, **overrides}
     trainer = grpo.train(_kk_argv(model, work / "kk", 3, **overrides))
-    after = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
-    moved = sum(int((after[n].detach().float().cpu() != w).sum()) for n, w in before.items())
-    share = moved / sum(w.numel() for w in before.values())
+    after = _whole_weights(trainer)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return "the whole weights are compared on rank 0"
+    compared = [n for n in before if n in after]
+    if len(compared) < len(before) // 2:
+        raise AssertionError(f"only {len(compared)} of {len(before)} weights came back from the engine")
+    moved = sum(int((after[n] != before[n]).sum()) for n in compared)
+    share = moved / sum(before[n].numel() for n in compared)
     if share < 0.5:
         raise AssertionError(f"only {share:.1%} of the weights moved in 3 steps")
     return f"{share:.0%} of the weights moved in 3 steps"
@@ -109,21 +134,44 @@ def check_reset_refused(model: str, work: Path, **overrides) -> str:
     raise AssertionError("a reset under a sharding engine was not refused")
 
 
-def check_memory(model_id: str, work: Path, **overrides) -> str:
-    """2 steps of the K&K recipe's batch shape under the GPU cap of the hardware the recipe names."""
+def _math_rows(path: Path, count: int = 64) -> Path:
+    """Open-RS-shaped rows (problem, solution) written here: the recipe's Hub dataset cannot be reached offline."""
+    with path.open("w") as handle:
+        for i in range(count):
+            problem = (
+                f"Let x be the number of ways to choose {i % 7 + 2} items from {i + 10}. " * 6 + "Find x mod 1000."
+            )
+            handle.write(json.dumps({"problem": problem, "solution": f"\\boxed{{{i}}}", "answer": str(i)}) + "\n")
+    return path
+
+
+def check_memory(name: str, work: Path) -> str:
+    """2 steps of the recipe the check names, as it is (vLLM's colocated share included, scaled to the cap), under
+    the GPU memory of the hardware the recipe names."""
     import torch
+    import yaml
 
     from trl_smallrl import grpo
 
-    cap = CAPS_GIB[model_id]
+    recipe, model_id, cap = MEMORY_CHECKS[name]
     total = torch.cuda.get_device_properties(0).total_memory / 1024**3
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
     torch.cuda.reset_peak_memory_stats()
     model = _random_model(model_id, work / model_id.split("/")[1])
+    values = yaml.safe_load(recipe.read_text())
+    overrides = {"use_vllm": str(bool(values.get("use_vllm"))).lower()}
+    if values.get("use_vllm"):  # vLLM takes its share of the whole device: the same share of the cap instead
+        overrides["vllm_gpu_memory_utilization"] = f"{values['vllm_gpu_memory_utilization'] * cap / total:.4f}"
+    if values.get("dataset_name"):
+        work.mkdir(parents=True, exist_ok=True)
+        overrides.update(dataset_name=str(_math_rows(work / "rows.jsonl")), eval_size=8)
     started = time.perf_counter()
-    grpo.train(_kk_argv(model, work / "memory", 2, **overrides))
+    grpo.train(_kk_argv(model, work / "memory", 2, recipe=recipe, **overrides))
     peak = torch.cuda.max_memory_allocated() / 1024**3
-    return f"peak {peak:.1f} GiB under a {cap} GiB cap, {(time.perf_counter() - started) / 2:.0f} s a step"
+    return (
+        f"{recipe.relative_to(ROOT)}: peak {peak:.1f} GiB under a {cap} GiB cap"
+        f"{' (vLLM share included)' if values.get('use_vllm') else ''}, {(time.perf_counter() - started) / 2:.0f} s a step"
+    )
 
 
 def check_eval_batch(model: str, work: Path) -> str:
@@ -181,22 +229,29 @@ def _in_subprocess(name: str, config_file: str | None, cpu: bool, work: Path) ->
     return "FAIL", f"exit {result.returncode}: {(result.stderr.strip().splitlines() or ['no output'])[-1][:300]}"
 
 
-def _checks(cpu: bool) -> list[tuple[str, str | None]]:
-    """(check, accelerate config) in the order they run."""
-    if cpu:
-        # DeepSpeed's refusal needs the package even to parse a config under it: its unit test covers it.
-        return [("kk-steps", None), ("temperature-reset", None), ("fsdp-refusal", None)]
+def _missing(*packages: str) -> str | None:
+    """Why a check cannot run here: the first package it needs that is not installed, with its install line."""
     import importlib.util
 
-    checks = [("kk-steps", None), ("temperature-reset", None), ("memory-0.5b", None), ("memory-1.5b", None),
-              ("eval-batch", None), ("fsdp", "accelerate_configs/fsdp.yaml"),
-              ("fsdp-refusal", "accelerate_configs/fsdp.yaml")]  # fmt: skip
-    if importlib.util.find_spec("deepspeed"):
-        checks += [("zero2", "accelerate_configs/zero2.yaml"), ("zero2-refusal", "accelerate_configs/zero2.yaml"),
-                   ("zero3", "accelerate_configs/zero3.yaml"), ("zero3-refusal", "accelerate_configs/zero3.yaml")]  # fmt: skip
-    if importlib.util.find_spec("vllm"):
-        checks.append(("vllm-lora", None))
-    return checks
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            return f"{package} is not installed ({INSTALL[package]})"
+    return None
+
+
+def _checks(cpu: bool) -> list[tuple[str, str | None, str | None]]:
+    """(check, accelerate config, why it cannot run here or None) in the order they run."""
+    if cpu:
+        # DeepSpeed's refusal needs the package even to parse a config under it: its unit test covers it.
+        return [("kk-steps", None, None), ("temperature-reset", None, None), ("fsdp-refusal", None, None)]
+    zero2, zero3 = "accelerate_configs/zero2.yaml", "accelerate_configs/zero3.yaml"
+    return [("kk-steps", None, None), ("temperature-reset", None, None),
+            ("memory-0.5b", None, _missing("vllm")), ("memory-1.5b", zero2, _missing("deepspeed", "vllm")),
+            ("eval-batch", None, None), ("fsdp", "accelerate_configs/fsdp.yaml", None),
+            ("fsdp-refusal", "accelerate_configs/fsdp.yaml", None),
+            ("zero2", zero2, _missing("deepspeed")), ("zero2-refusal", zero2, _missing("deepspeed")),
+            ("zero3", zero3, _missing("deepspeed")), ("zero3-refusal", zero3, _missing("deepspeed")),
+            ("vllm-lora", None, _missing("vllm"))]  # fmt: skip
 
 
 def run_one(name: str, cpu: bool, work: Path) -> None:
@@ -218,8 +273,8 @@ def run_one(name: str, cpu: bool, work: Path) -> None:
             if cpu:  # what `accelerate launch` with the FSDP config tells the process
                 os.environ["ACCELERATE_USE_FSDP"] = "true"
             detail = check_reset_refused(model, work / name, **cpu_overrides)
-        elif name.startswith("memory-"):
-            detail = check_memory(f"Qwen/Qwen2.5-{name.split('-')[1].upper()}-Instruct", work / name)
+        elif name in MEMORY_CHECKS:
+            detail = check_memory(name, work / name)
         elif name == "eval-batch":
             detail = check_eval_batch(model, work / name)
         elif name == "vllm-lora":
@@ -250,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     failures = 0
     with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as work:
-        for name, config_file in _checks(args.cpu):
+        for name, config_file, skip in _checks(args.cpu):
+            if skip:
+                print(f"SKIP {name}: {skip}", flush=True)
+                continue
             started = time.perf_counter()
             status, detail = _in_subprocess(name, config_file, args.cpu, Path(work))
             failures += status == "FAIL"

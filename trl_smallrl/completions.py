@@ -100,3 +100,31 @@ def last_tagged_answer(text: str) -> str | None:
     if start < 0:
         return None
     return text[start + len(ANSWER_OPEN) : close].strip()
+
+
+def template_prefill(tokenizer, chat_template_kwargs: Mapping[str, Any] | None = None) -> str:
+    """The `<think>` a chat template writes at the end of the generation prompt (DeepSeek-R1-Distill's ends with
+    `<think>\n`), else "": the model's completion then holds only `</think>`, and a reader that wants the whole
+    `<think>...</think>` block must put the template's part back in front (`with_prefill`)."""
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "?"}],
+            tokenize=False,
+            add_generation_prompt=True,
+            **(chat_template_kwargs or {}),
+        )
+    except Exception:  # no chat template (a plain-text run): nothing is prefilled
+        return ""
+    tail = rendered[rendered.rfind(THINK_OPEN) :] if THINK_OPEN in rendered else ""
+    return tail if tail.strip() == THINK_OPEN else ""
+
+
+def with_prefill(completion: Any, prefill: str) -> Any:
+    """The completion as the template and the model wrote it together: `prefill` + its text, in its own shape."""
+    if not prefill:
+        return completion
+    if isinstance(completion, Sequence) and not isinstance(completion, str | bytes | bytearray) and completion:
+        last = completion[-1]
+        if isinstance(last, Mapping):
+            return [*completion[:-1], {**last, "content": prefill + completion_text(completion)}]
+    return prefill + completion_text(completion)

@@ -258,6 +258,12 @@ class EvalArguments:
             "native support, half precision is emulated and warned about)."
         },
     )
+    eval_vllm_gpu_memory_utilization: float = field(
+        default=0.85,
+        metadata={
+            "help": "With vLLM (a GPU): the share of GPU memory each model's engine takes, one model at a time."
+        },
+    )
     eval_output_dir: str = field(
         default="outputs/eval", metadata={"help": "Where results.json, results.md and completions/ are written."}
     )
@@ -284,5 +290,9 @@ class EvalArguments:
             raise ConfigError(f"eval_top_p: {self.eval_top_p} must be in (0, 1].")
         if self.eval_max_new_tokens < 1 or self.eval_generation_batch_size < 1:
             raise ConfigError("eval_max_new_tokens and eval_generation_batch_size: both must be >= 1.")
+        if not 0 < self.eval_vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"eval_vllm_gpu_memory_utilization: {self.eval_vllm_gpu_memory_utilization} must be in (0, 1]."
+            )
         if self.eval_dtype not in EVAL_DTYPES:
             raise unknown_name("eval_dtype", self.eval_dtype, EVAL_DTYPES)

@@ -235,6 +235,14 @@ def broadcast_from_rank0(curriculum: Curriculum) -> None:
     curriculum.load_state_dict(shared[0])
 
 
+def rows_by_level(row_levels: Sequence[int]) -> dict[int, list[int]]:
+    """The dataset's row indices at each level, in row order: what `Curriculum.draw` draws from."""
+    rows: dict[int, list[int]] = {}
+    for index, level in enumerate(row_levels):
+        rows.setdefault(int(level), []).append(index)
+    return rows
+
+
 class CurriculumSampler(Sampler[int]):
     """TRL's RepeatSampler contract, with prompts drawn from the curriculum's current level mix.
 
@@ -255,9 +263,7 @@ class CurriculumSampler(Sampler[int]):
         self.curriculum = curriculum
         self.mini_repeat_count, self.batch_size, self.repeat_count = mini_repeat_count, batch_size, repeat_count
         self.num_samples = len(row_levels)
-        self.rows_by_level: dict[int, list[int]] = {}
-        for index, level in enumerate(row_levels):
-            self.rows_by_level.setdefault(int(level), []).append(index)
+        self.rows_by_level = rows_by_level(row_levels)
         missing = [level for level in curriculum.levels if level not in self.rows_by_level]
         if missing:
             raise ConfigError(f"levels: the training data has no rows at levels {missing}; generate or add them.")

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -50,6 +51,15 @@ def checkpoint_dtype(model_path: str) -> str | None:
         return None
     fields = json.loads(config.read_text())
     return fields.get("dtype") or fields.get("torch_dtype")
+
+
+def check_vllm_installed(training_args) -> None:
+    """vLLM rollouts without vLLM: refused at launch, where TRL would only find it after the model loaded."""
+    if getattr(training_args, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "use_vllm: true, but vLLM is not installed; install it with `pip install -e '.[vllm]'` (`make install` does "
+            "where nvidia-smi sees a GPU; it brings the torch build vLLM pins), or set use_vllm: false."
+        )
 
 
 def check_engine_combinations(training_args, model_args) -> None:

@@ -101,6 +101,7 @@ def sampling_settings(args: EvalArguments) -> SamplingSettings:
         batch_size=args.eval_generation_batch_size,
         seed=args.eval_sampling_seed,
         dtype=args.eval_dtype,
+        gpu_memory_utilization=args.eval_vllm_gpu_memory_utilization,
     )
 
 

@@ -36,6 +36,7 @@ class SamplingSettings:
     batch_size: int = 8
     seed: int = 0
     dtype: str = "auto"  # bfloat16 on a GPU, float32 on a CPU (`precision.inference_dtype`)
+    gpu_memory_utilization: float = 0.85  # vLLM: its share of the GPU (weights and KV cache), one engine at a time
 
 
 @dataclass(frozen=True)
@@ -381,9 +382,25 @@ def _sample_transformers(path: str, prompts, settings: SamplingSettings) -> list
 
 
 def _sample_vllm(path: str, prompts, settings: SamplingSettings) -> list[list[Completion]]:
+    """One vLLM engine for this model, sized from the settings (its GPU share; a context of the longest prompt plus
+    the completion budget, not the model's whole window), shut down and freed before the next model starts."""
+    import gc
+
+    import torch
+    from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=path, seed=settings.seed, dtype="auto" if settings.dtype == "auto" else settings.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    longest = max(
+        len(tokenizer.apply_chat_template(list(p), add_generation_prompt=True)["input_ids"]) for p in prompts
+    )
+    llm = LLM(
+        model=path,
+        seed=settings.seed,
+        dtype="auto" if settings.dtype == "auto" else settings.dtype,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=longest + settings.max_new_tokens,
+    )
     params = SamplingParams(
         n=settings.num_samples,
         temperature=settings.temperature,
@@ -391,7 +408,16 @@ def _sample_vllm(path: str, prompts, settings: SamplingSettings) -> list[list[Co
         max_tokens=settings.max_new_tokens,
         seed=settings.seed,
     )
-    outputs = llm.chat([list(p) for p in prompts], params, use_tqdm=False)
+    try:
+        outputs = llm.chat([list(p) for p in prompts], params, use_tqdm=True)
+    finally:
+        shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return [
         [
             Completion(text=choice.text, length=len(choice.token_ids), truncated=choice.finish_reason == "length")

@@ -13,6 +13,7 @@ from trl_smallrl import run
 from trl_smallrl.checkpoints import resume_checkpoint
 from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments
 from trl_smallrl.curriculum import Curriculum
+from trl_smallrl.engines import check_vllm_installed
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 from trl_smallrl.models import prepare_model_args
@@ -33,6 +34,7 @@ def build_trainer(
     Everything a recipe can get wrong is built before the model is resolved and loaded (resolving an SFT
     run's adapter merges it into its base), so that a mistake costs seconds, not a model load.
     """
+    check_vllm_installed(training_args)
     reward_params = {**vars(script_args), "max_completion_length": training_args.max_completion_length}
     reward_funcs = get_reward_funcs(script_args.reward_funcs, **reward_params)
     weights = training_args.reward_weights

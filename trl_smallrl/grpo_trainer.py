@@ -36,9 +36,9 @@ from trl.trainer.utils import split_tensor_dict
 
 from trl_smallrl.adapters import adapter_added_to_base
 from trl_smallrl.checkpoints import AtomicCheckpointMixin
-from trl_smallrl.completions import completion_text
+from trl_smallrl.completions import completion_text, template_prefill, with_prefill
 from trl_smallrl.configs import ROW_MEAN_LOSSES
-from trl_smallrl.curriculum import CurriculumSampler, per_prompt
+from trl_smallrl.curriculum import CurriculumSampler, per_prompt, rows_by_level
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.generation import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
 from trl_smallrl.monitors import NonFiniteError, completion_health, health_metrics
@@ -120,9 +120,12 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     def __init__(self, *args, curriculum=None, **kwargs):
         self.curriculum = curriculum
+        self._rows_by_level: dict[int, list[int]] | None = None  # the training rows at each level, for resampling
         self._last_rewards: torch.Tensor | None = None
         self._last_correct: torch.Tensor | None = None  # per completion, all ranks: 1.0 right, 0.0 wrong, NaN unknown
         super().__init__(*args, **kwargs)
+        # A template that ends the prompt with `<think>` (R1-Distill): rewards and monitors read it back in front.
+        self.think_prefill = template_prefill(self._tokenizer, self.chat_template_kwargs)
 
     # ----- curriculum -----
     def _get_train_sampler(self, dataset=None):
@@ -160,6 +163,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     # ----- rewards: guard, health, curriculum statistics -----
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        completions = [with_prefill(c, self.think_prefill) for c in completions]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         bad = ~torch.isfinite(rewards_per_func)
         if bad.any():  # gathered: every rank sees it and stops at the same point
@@ -170,11 +174,14 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 f"stopping before the update. The last good checkpoint is in {self.args.output_dir}."
             )
         self._last_rewards = rewards_per_func
-        self._record_health(inputs, completions, completion_ids_list)
+        table = self._record_health(inputs, completions, completion_ids_list)
+        if self.curriculum is not None and self.model.training:
+            self._advance_curriculum(table)
         return rewards_per_func
 
-    def _record_health(self, inputs, completions, completion_ids_list) -> None:
-        """Health metrics of this generation batch (all ranks) and, in training, the curriculum's statistics."""
+    def _record_health(self, inputs, completions, completion_ids_list) -> torch.Tensor:
+        """Health metrics of this generation batch; returns their table, gathered from all ranks (`HEALTH_COLUMNS`),
+        and keeps its correctness column for dynamic sampling."""
         mode = "train" if self.model.training else "eval"
         texts = [completion_text(c) for c in completions]
         rows = [{k: v for k, v in x.items() if k != "prompt"} for x in inputs]
@@ -189,7 +196,11 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self._last_correct = table[:, 1]
         for name, value in health_metrics(table).items():
             self._metrics[mode][name].append(value)
-        if self.curriculum is not None and mode == "train" and not torch.isnan(table[:, 1]).any():
+        return table
+
+    def _advance_curriculum(self, table: torch.Tensor) -> None:
+        """Give the curriculum each prompt's accuracy (all ranks) in this generation batch; it may move up a level."""
+        if not torch.isnan(table[:, 1]).any():
             levels, accuracy = per_prompt(table[:, 0].tolist(), table[:, 1].tolist(), self.num_generations)
             self.curriculum.record_gathered(levels, accuracy, step=self.state.global_step)
 
@@ -245,26 +256,23 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         return output
 
     def _fresh_inputs(self, batch: int, attempt: int) -> list[dict]:
-        """A new local generation batch of fresh prompts, the same draw on every rank (seeded by step and try),
-        from the curriculum's current level mix when there is one."""
-        generator = torch.Generator().manual_seed(
-            self.args.seed * 1_000_003 + self.state.global_step * 1_009 + attempt
-        )
+        """A new local generation batch of fresh prompts, the same draw on every rank: from the curriculum's own
+        draw when there is one (its level mix, its walk through each level's rows, saved in checkpoints), else
+        seeded by step and try."""
         prompts = self.accelerator.num_processes * batch // self.num_generations
         dataset = self.train_dataset
         if self.curriculum is not None:
-            levels = torch.tensor(dataset["level"])
-            weights = torch.zeros(len(dataset))
-            for level, weight in self.curriculum.level_weights().items():
-                at_level = levels == level
-                if at_level.any():
-                    weights[at_level] = weight / at_level.sum()
-            index = torch.multinomial(weights, prompts, replacement=True, generator=generator)
+            if self._rows_by_level is None:
+                self._rows_by_level = rows_by_level(dataset["level"])
+            index = self.curriculum.draw(self._rows_by_level, prompts)
         else:
-            index = torch.randint(len(dataset), (prompts,), generator=generator)
-        index = index.repeat_interleave(self.num_generations)
+            generator = torch.Generator().manual_seed(
+                self.args.seed * 1_000_003 + self.state.global_step * 1_009 + attempt
+            )
+            index = torch.randint(len(dataset), (prompts,), generator=generator).tolist()
+        index = [i for i in index for _ in range(self.num_generations)]
         start = self.accelerator.process_index * batch
-        return [dataset[int(i)] for i in index[start : start + batch]]
+        return [dataset[i] for i in index[start : start + batch]]
 
     def _resample(self, inputs, output, zero):
         """Replace uninformative groups with informative groups of fresh prompts; return (output, remaining
@@ -306,8 +314,13 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch):
         # `model` is the training loop's reference to `model_wrapped`, taken once before the loop; after a hard
         # reset `restart_optimization` has re-wrapped the model for its new adapter, so take the current wrapper
-        # (the same object when there was no reset).
-        return super().training_step(self.model_wrapped, inputs, num_items_in_batch)
+        # (the same object when there was no reset). The loop's `no_sync` (a micro-batch before the last of an
+        # accumulation window) went to the old DDP wrapper: its flag says so, and the current wrapper gets it too.
+        current = self.model_wrapped
+        if current is not model and not getattr(model, "require_backward_grad_sync", True):
+            with self.accelerator.no_sync(current):
+                return super().training_step(current, inputs, num_items_in_batch)
+        return super().training_step(current, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """TRL's loss, checked on every rank before the backward pass: a NaN or inf loss on any rank stops every
@@ -453,9 +466,15 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         does when it creates them. `new_parameters` (a new adapter): under DDP the model also gets a new wrapper,
         since the old one's reducer knows only the old parameters.
         """
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        accelerator = self.accelerator
+        # accelerate keeps every prepared model, optimizer and scheduler in its own lists: take the old ones out, or
+        # the old optimizer's states (twice the trained weights in float32) stay alive for the rest of the run.
+        accelerator._optimizers = [o for o in accelerator._optimizers if o is not self.optimizer]
+        accelerator._schedulers = [s for s in accelerator._schedulers if s is not self.lr_scheduler]
+        unwrapped = accelerator.unwrap_model(self.model)
         if new_parameters and self.model_wrapped is not unwrapped:
-            self.model_wrapped = self.accelerator.prepare_model(unwrapped)
+            accelerator._models = [m for m in accelerator._models if m is not self.model_wrapped]
+            self.model_wrapped = accelerator.prepare_model(unwrapped)
         self.optimizer = None
         self.lr_scheduler = None
         self.create_optimizer()

@@ -240,7 +240,8 @@ def _repetition_penalty(ngram_size: int, max_penalty: float) -> Callable:
     return get_repetition_penalty_reward(ngram_size=ngram_size, max_penalty=max_penalty)
 
 
-# name -> factory taking the reward parameters (all of them, by their recipe names) and returning the reward.
+# name -> factory taking the reward parameters (all of them, by their recipe names, with the defaults of
+# `configs.GRPOScriptArguments` filled in by `get_reward_funcs`) and returning the reward.
 REWARDS: dict[str, Callable[..., Callable]] = {
     "format": lambda **p: StrictFormatReward(),
     "format_soft": lambda **p: SoftFormatReward(),
@@ -248,23 +249,38 @@ REWARDS: dict[str, Callable[..., Callable]] = {
     "accuracy": lambda **p: AccuracyReward(),
     "accuracy_binary": lambda **p: BinaryAccuracyReward(),
     "cosine": lambda **p: CosineScaledReward(
-        max_len=p.get("cosine_max_len", 1000),
-        min_value_wrong=p.get("cosine_min_value_wrong", -1.0),
-        max_value_wrong=p.get("cosine_max_value_wrong", -0.5),
-        min_value_correct=p.get("cosine_min_value_correct", 0.5),
-        max_value_correct=p.get("cosine_max_value_correct", 1.0),
+        max_len=p["cosine_max_len"],
+        min_value_wrong=p["cosine_min_value_wrong"],
+        max_value_wrong=p["cosine_max_value_wrong"],
+        min_value_correct=p["cosine_min_value_correct"],
+        max_value_correct=p["cosine_max_value_correct"],
     ),
     "soft_overlong": lambda **p: _soft_overlong(
-        p.get("overlong_max_len") or p.get("max_completion_length") or 1024,
-        p.get("overlong_cache", 256),
-        follows_budget=p.get("overlong_max_len") is None,
+        p["overlong_max_len"] or p["max_completion_length"],
+        p["overlong_cache"],
+        follows_budget=p["overlong_max_len"] is None,
     ),
     "repetition_penalty": lambda **p: _named(
-        _repetition_penalty(p.get("repetition_n_grams", 3), p.get("repetition_max_penalty", -1.0)),
-        "repetition_penalty",
+        _repetition_penalty(p["repetition_n_grams"], p["repetition_max_penalty"]), "repetition_penalty"
     ),
-    "language": lambda **p: LanguageConsistencyReward(min_share=p.get("language_min_share", 0.05)),
+    "language": lambda **p: LanguageConsistencyReward(min_share=p["language_min_share"]),
 }
+
+
+def reward_parameter_defaults() -> dict[str, Any]:
+    """Every reward parameter's default, from the one place a recipe's keys are declared (`GRPOScriptArguments`),
+    and the completion budget (TRL's `GRPOConfig.max_completion_length`)."""
+    import dataclasses
+
+    import trl
+
+    from trl_smallrl.configs import GRPOScriptArguments
+
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(GRPOScriptArguments) if f.default is not dataclasses.MISSING
+    }
+    defaults["max_completion_length"] = trl.GRPOConfig.__dataclass_fields__["max_completion_length"].default
+    return defaults
 
 
 def register_reward(name: str, factory: Callable[..., Callable]) -> None:
@@ -292,5 +308,5 @@ def get_reward_funcs(names: Sequence[str], **params) -> list[Callable]:
     for name in names:
         if name not in REWARDS:
             raise unknown_name("reward_funcs", name, REWARDS)
-    params = {k: v for k, v in params.items() if v is not None}
+    params = {**reward_parameter_defaults(), **{k: v for k, v in params.items() if v is not None}}
     return [REWARDS[name](**params) for name in names]
