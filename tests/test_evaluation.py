@@ -9,7 +9,8 @@ import pytest
 
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.evaluation import pass_at_k, results_table, summarize
+from trl_smallrl.evaluation import results_table, summarize
+from trl_smallrl.pass_rates import pass_at_k
 from trl_smallrl.recipe import parse_recipe
 
 
@@ -87,7 +88,8 @@ def test_summary_and_table_on_a_known_result():
 
 
 def test_interval_of_a_mean_and_paired_difference():
-    from trl_smallrl.evaluation import mean_interval, paired_differences
+    from trl_smallrl.evaluation import paired_differences
+    from trl_smallrl.pass_rates import mean_interval
 
     assert mean_interval([0.0, 1.0] * 50) == pytest.approx((0.5, 1.959964 * math.sqrt(0.25 * 100 / 99 / 100)))
     assert mean_interval([0.3]) == (0.3, None)

@@ -186,7 +186,7 @@ def test_missing_repo_id_and_base_model_names():
 
 def test_push_to_hub_in_a_recipe_is_taken_from_the_trainer(tmp_path):
     from trl_smallrl.configs import GRPOConfig
-    from trl_smallrl.hub import defer_push_to_hub
+    from trl_smallrl.run import defer_push_to_hub
 
     args = GRPOConfig(output_dir=str(tmp_path), push_to_hub=True, hub_model_id="someone/tiny-kk")
     assert defer_push_to_hub(args) is True and args.push_to_hub is False  # the Trainer will not contact the Hub

@@ -184,3 +184,24 @@ def test_reward_defaults_are_the_recipe_dataclass_defaults():
     assert overlong.overlong_cache == defaults["overlong_cache"]
     assert (cosine.max_len, cosine.min_value_wrong) == (defaults["cosine_max_len"], defaults["cosine_min_value_wrong"])
     assert get_reward_funcs(["soft_overlong"], max_completion_length=512, overlong_cache=8)[0].overlong_cache == 8
+
+
+def test_a_recipe_names_its_own_reward_by_import_path(tmp_path, monkeypatch):
+    """`reward_funcs: [format, my_rewards:brevity]` uses a function of the run's own module, as TRL's script does."""
+    import sys
+
+    from trl_smallrl.errors import ConfigError
+    from trl_smallrl.rewards import get_reward_funcs
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def brevity(completions, **kwargs):\n    return [-len(str(c)) / 100 for c in completions]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    fmt, brevity = get_reward_funcs(["format", "my_rewards:brevity"])
+    assert brevity.__module__ == "my_rewards" and brevity(["abcd"]) == [-0.04]
+    assert get_reward_funcs(["my_rewards.brevity"])[0] is brevity
+    with pytest.raises(ConfigError, match=r"reward_funcs: cannot import 'my_rewards:nothing'.*module:function"):
+        get_reward_funcs(["my_rewards:nothing"])
+    with pytest.raises(ConfigError, match=r"reward_funcs: cannot import 'no_such_module:f'"):
+        get_reward_funcs(["format", "no_such_module:f"])

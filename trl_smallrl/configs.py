@@ -92,7 +92,7 @@ class GRPOScriptArguments(DataArguments):
         default_factory=lambda: ["format", "accuracy"],
         metadata={
             "help": "Reward names: format, format_soft, tag_count, accuracy, accuracy_binary, cosine, "
-            "soft_overlong, repetition_penalty, language."
+            "soft_overlong, repetition_penalty, language; or your own function as module:function."
         },
     )
     cosine_max_len: int = field(default=1000, metadata={"help": "cosine: length (tokens) where the schedule ends."})

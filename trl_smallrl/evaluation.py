@@ -15,7 +15,6 @@ the honest test of "this stage added something" (Miller 2024, "Adding Error Bars
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,47 +27,16 @@ from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.generation import Completion, SamplingSettings, sample
 from trl_smallrl.models import public_model_id
+from trl_smallrl.pass_rates import mean_interval, pass_at_k
 from trl_smallrl.recipe import parse_recipe
 from trl_smallrl.tasks import build_dataset, get_task
 
 ALL_LEVELS = "all"
-Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def level_order(level: str) -> tuple[bool, int]:
     """Sort key of summary levels: numeric levels in order, then "all"."""
     return level == ALL_LEVELS, int(level) if level.lstrip("-").isdigit() else 0
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 - C(n - c, k) / C(n, k).
-
-    Computed as 1 - prod_{i = n - c + 1}^{n} (1 - k / i), which never forms the huge binomials; it is
-    exactly 1 when fewer than k samples are wrong (every draw of k then holds a correct one).
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ConfigError(f"pass@k: needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}; use k <= samples.")
-    if n - c < k:
-        return 1.0
-    product = 1.0
-    for i in range(n - c + 1, n + 1):
-        product *= 1.0 - k / i
-    return 1.0 - product
-
-
-def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
-    """The mean of per-prompt scores and the half-width of its 95% interval, z * sd / sqrt(m).
-
-    The prompts are the sampled unit (the samples of one prompt are not independent), so the spread is taken
-    over per-prompt scores, as the central limit theorem gives it. With every prompt alike (all 0 or all 1)
-    the half-width is 0: say how many prompts there were beside such a figure. One prompt has no interval (None).
-    """
-    m = len(values)
-    mean = sum(values) / m
-    if m < 2:
-        return mean, None
-    variance = sum((v - mean) ** 2 for v in values) / (m - 1)
-    return mean, Z_95 * math.sqrt(variance / m)
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:

@@ -211,20 +211,6 @@ def push_run(run_dir: str | os.PathLike, repo_id: str | None = None, *, token: s
         return push(folder, repo_id, private=private, token=token)
 
 
-def defer_push_to_hub(training_args) -> bool:
-    """Take `push_to_hub` away from the Trainer, so that the entry point pushes the finished run with `push_run`.
-
-    The Trainer's own push contacts the Hub while the trainer is built, uploads `training_args.bin` (a pickle of
-    the arguments) and a generic card. Call this before building the trainer; it returns whether to call
-    `push_run(output_dir, token=...)` after the final save.
-    """
-    wanted = bool(training_args.push_to_hub)
-    if wanted and not training_args.hub_model_id:
-        raise ConfigError("hub_model_id: push_to_hub is on but no repository is named; set hub_model_id: ORG/NAME.")
-    training_args.push_to_hub = False
-    return wanted
-
-
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     """`smallrl-push RUN_DIR [--repo-id ORG/NAME] [--eval results.json] [--merge] [--dry-run DIR]`."""

@@ -22,7 +22,7 @@ from trl_smallrl import atomic
 from trl_smallrl.checkpoints import last_complete_checkpoint
 from trl_smallrl.cli import CommandParser
 from trl_smallrl.errors import ConfigError, entry_point
-from trl_smallrl.evaluation import pass_at_k
+from trl_smallrl.pass_rates import pass_at_k
 
 
 @dataclass(frozen=True)

@@ -297,6 +297,9 @@ def register_reward(name: str, factory: Callable[..., Callable]) -> None:
 def get_reward_funcs(names: Sequence[str], **params) -> list[Callable]:
     """The reward functions named in a recipe's `reward_funcs`, built with the recipe's reward parameters.
 
+    A name is a registered reward (`REWARDS`, `register_reward`) or an import path to a function with TRL's reward
+    signature (`my_rewards:brevity`, or `my_rewards.brevity` as in TRL's script), used as it is.
+
     `params` are the recipe's reward fields (`cosine_max_len`, `repetition_n_grams`, ...); unknown parameters
     are ignored so a whole `GRPOScriptArguments` can be passed. An unknown reward name raises `ConfigError`
     listing the valid ones.
@@ -305,8 +308,30 @@ def get_reward_funcs(names: Sequence[str], **params) -> list[Callable]:
         names = [names]
     if not names:
         raise ConfigError(f"reward_funcs: empty; name at least one of: {', '.join(sorted(REWARDS))}.")
-    for name in names:
-        if name not in REWARDS:
-            raise unknown_name("reward_funcs", name, REWARDS)
+    funcs = {name: REWARDS.get(name) or _imported_reward(name) for name in names}  # every name checked first
     params = {**reward_parameter_defaults(), **{k: v for k, v in params.items() if v is not None}}
-    return [REWARDS[name](**params) for name in names]
+    return [REWARDS[name](**params) if name in REWARDS else funcs[name] for name in names]
+
+
+def _imported_reward(name: str) -> Callable:
+    """A reward named by import path, as TRL's GRPO script takes it: `package.module.function` or
+    `package.module:function`, found from the working directory too (a recipe's own rewards.py)."""
+    import importlib
+    import os
+    import sys
+
+    if ":" not in name and "." not in name:
+        raise unknown_name("reward_funcs", name, REWARDS)
+    module_name, _, attribute = name.rpartition(":") if ":" in name else name.rpartition(".")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        func = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"reward_funcs: cannot import {name!r} ({err}); give `module:function` of a module on the Python path "
+            f"or in the working directory, or one of: {', '.join(sorted(REWARDS))}."
+        ) from None
+    if not callable(func):
+        raise ConfigError(f"reward_funcs: {name!r} is not a function; point it at a reward function.")
+    return func

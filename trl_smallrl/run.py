@@ -21,7 +21,6 @@ from transformers import Trainer
 
 from trl_smallrl.checkpoints import resume_checkpoint
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.hub import defer_push_to_hub, push_run
 from trl_smallrl.monitors import CheckpointOnSignal
 from trl_smallrl.recipe import parse_recipe, save_resolved_config
 from trl_smallrl.redaction import take_secrets_out
@@ -66,8 +65,24 @@ def train(
         trainer.save_model(training_args.output_dir)
         trainer.save_state()
     if push_at_end and trainer.accelerator.is_main_process:
+        from trl_smallrl.hub import push_run  # the card's plots and eval tables: loaded only for a push
+
         push_run(training_args.output_dir, token=hub_token)
     return trainer
+
+
+def defer_push_to_hub(training_args) -> bool:
+    """Take `push_to_hub` away from the Trainer, so that the entry point pushes the finished run with `push_run`.
+
+    The Trainer's own push contacts the Hub while the trainer is built, uploads `training_args.bin` (a pickle of
+    the arguments) and a generic card. Call this before building the trainer; it returns whether to call
+    `push_run(output_dir, token=...)` after the final save.
+    """
+    wanted = bool(training_args.push_to_hub)
+    if wanted and not training_args.hub_model_id:
+        raise ConfigError("hub_model_id: push_to_hub is on but no repository is named; set hub_model_id: ORG/NAME.")
+    training_args.push_to_hub = False
+    return wanted
 
 
 @contextlib.contextmanager
