@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 
@@ -10,7 +11,7 @@ import pytest
 from trl_smallrl.configs import DataArguments
 from trl_smallrl.tasks import build_rows, get_task
 from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask, to_kk_record
-from trl_smallrl.tasks.knights_knaves_logic import Roles, all_solutions, parse_statements, render
+from trl_smallrl.tasks.knights_knaves_logic import Roles, evaluate, parse_statements, render
 from trl_smallrl.tasks.knights_knaves_traces import solve, write_trace
 
 LEVELS = range(2, 9)
@@ -18,6 +19,17 @@ LEVELS = range(2, 9)
 # only puzzles with a unique solution).
 PER_LEVEL = {2: 250, 3: 200, 4: 175, 5: 150, 6: 110, 7: 65, 8: 50}
 LOGIC_RL_COLUMNS = ("quiz", "names", "solution", "solution_text", "solution_text_format", "statements")
+
+
+def all_solutions(statements) -> list[tuple[bool, ...]]:
+    """Every consistent assignment, by enumeration: the ground truth the solver (which does not enumerate) is
+    checked against."""
+    n = len(statements)
+    return [
+        roles
+        for roles in itertools.product((True, False), repeat=n)
+        if all(evaluate(statements[i], roles) == roles[i] for i in range(n))
+    ]
 
 
 @pytest.fixture(scope="module")

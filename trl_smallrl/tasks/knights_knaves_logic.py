@@ -8,7 +8,6 @@ knaves by other words (saint/sinner, hero/villain, ...): `Roles` carries the puz
 from __future__ import annotations
 
 import ast
-import itertools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -133,13 +132,3 @@ def parse_statements(statements: Any) -> tuple[Statement, ...]:
         return int(value) if not isinstance(value, str) else value
 
     return freeze(statements)
-
-
-def all_solutions(statements: Sequence[Statement]) -> list[tuple[bool, ...]]:
-    """Every consistent assignment, by enumeration (ground truth for tests; the trace writer does not enumerate)."""
-    n = len(statements)
-    return [
-        roles
-        for roles in itertools.product((True, False), repeat=n)
-        if all(evaluate(statements[i], roles) == roles[i] for i in range(n))
-    ]
