@@ -86,15 +86,17 @@ def test_state_round_trip_continues_identically(tmp_path):
     whole = run(straight, range(1, 31))
     first = make()
     head = run(first, range(1, 16))
-    first.save(tmp_path)
+    first.save_to_checkpoint(tmp_path)
     state = json.loads((tmp_path / "curriculum_state.json").read_text())
     assert set(state) >= {"stage", "results", "rng", "start_steps", "draw_positions"}
     resumed = make()
-    assert resumed.load(tmp_path)
+    resumed.load_from_checkpoint(tmp_path)
     assert resumed.current_level == first.current_level and resumed.metrics() == first.metrics()
     assert head + run(resumed, range(16, 31)) == whole
     assert whole[-1][2] > 2  # the run did move up
-    assert not make().load(tmp_path / "nowhere")
+    untouched = make()
+    untouched.load_from_checkpoint(tmp_path / "nowhere")  # a checkpoint of a run without a curriculum
+    assert untouched.state_dict() == make().state_dict()
     with pytest.raises(ConfigError, match="resume with the same levels"):
         Curriculum([2, 3]).load_state_dict(state)
 

@@ -191,11 +191,10 @@ def test_checkpoint_holds_phase_and_merged_weights(reset_run):
 
 
 def test_resume_in_phase_two_restores_phase_two(reset_run, tiny_model_dir, monkeypatch):
+    """The checkpoint-state protocol gives the callback its phase when `train` resumes, before the adapter loads."""
     trainer, callback = _trainer(tiny_model_dir, reset_run["out"], [reset_run["phase"]], save_steps=3)
-    callback.restore(str(reset_run["out"] / "checkpoint-3"))
     trainer.add_callback(callback)
-    assert callback.phase == 1
-    assert trainer.temperature == 0.7 and trainer.generation_config.max_new_tokens == 5
+    assert callback in trainer.checkpoint_states()
     spy = GenerationSpy(trainer, monkeypatch)
     resumed_at = {}
 
@@ -203,10 +202,12 @@ def test_resume_in_phase_two_restores_phase_two(reset_run, tiny_model_dir, monke
         def on_step_begin(self, args, state, control, **kwargs):
             resumed_at.setdefault("step", state.global_step)
             resumed_at.setdefault("logits", _logits(trainer))
+            resumed_at.setdefault("sampling", (trainer.temperature, trainer.generation_config.max_new_tokens))
 
     trainer.add_callback(FirstStep())
     trainer.train(resume_from_checkpoint=str(reset_run["out"] / "checkpoint-3"))
     assert resumed_at["step"] == 3  # not step 0 (TRL issue 3635)
+    assert resumed_at["sampling"] == (0.7, 5)  # phase 2's settings from the first resumed step on
     # Merged base + phase-2 adapter from the checkpoint reproduce the policy of step 3 exactly.
     torch.testing.assert_close(resumed_at["logits"], reset_run["at_checkpoint"].logits, atol=1e-5, rtol=1e-5)
     assert trainer.state.global_step == 5 and callback.phase == 1

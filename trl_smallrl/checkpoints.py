@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+from typing import Protocol, runtime_checkable
 
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -67,15 +68,27 @@ def resume_checkpoint(training_args) -> str | None:
     return value
 
 
+@runtime_checkable
+class CheckpointState(Protocol):
+    """State of ours that a checkpoint holds beside the Trainer's (the curriculum, the reset phase): the one way it
+    gets into a checkpoint and back out of it."""
+
+    def save_to_checkpoint(self, folder: str) -> None:
+        """Write the state into `folder`, a checkpoint being staged (main process)."""
+
+    def load_from_checkpoint(self, folder: str) -> None:
+        """Restore the state saved in `folder`, on every rank, before the Trainer loads the weights and optimizer
+        (a reset phase shapes the adapter that the saved weights load into); a folder without it is left alone."""
+
+
 class AtomicCheckpointMixin:
-    """Put before a `Trainer` subclass: each `checkpoint-N` appears only when everything is in it.
+    """Put before a `Trainer` subclass: each `checkpoint-N` appears only when everything is in it, with our state.
 
     The Trainer (and TRL above it) writes the checkpoint under `_get_output_dir`, which points into a hidden
-    staging folder while a checkpoint is saved; `save_checkpoint_extras` adds our own state there, every rank
-    waits for the others, and the main process renames the finished folder into place, then rotates old
-    checkpoints (`save_total_limit`) as the Trainer would have. Callbacks that keep state in checkpoints
-    implement `save_to_checkpoint(folder)`; it is called here, before the folder becomes visible, instead of
-    from `on_save`, which runs after.
+    staging folder while a checkpoint is saved; each `CheckpointState` (`checkpoint_states`: the trainer's own
+    and its callbacks that are one) adds its state there, every rank waits for the others, and the main process
+    renames the finished folder into place, then rotates old checkpoints (`save_total_limit`) as the Trainer would
+    have. `train(resume_from_checkpoint=folder)` gives each state its saved part back before the Trainer resumes.
     """
 
     _staging_root: str | None = None
@@ -85,12 +98,19 @@ class AtomicCheckpointMixin:
             return self._staging_root
         return super()._get_output_dir(trial)
 
-    def save_checkpoint_extras(self, folder: str) -> None:
-        """Write what trl-smallrl keeps in a checkpoint into `folder` (main process; the folder is staged)."""
-        for callback in self.callback_handler.callbacks:
-            save = getattr(callback, "save_to_checkpoint", None)
-            if save is not None:
-                save(folder)
+    def own_checkpoint_states(self) -> list[CheckpointState]:
+        """The trainer's own states (a subclass adds its curriculum, say); callbacks are found by `checkpoint_states`."""
+        return []
+
+    def checkpoint_states(self) -> list[CheckpointState]:
+        callbacks = [c for c in self.callback_handler.callbacks if isinstance(c, CheckpointState)]
+        return [*self.own_checkpoint_states(), *callbacks]
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if isinstance(resume_from_checkpoint, str | os.PathLike):
+            for state in self.checkpoint_states():
+                state.load_from_checkpoint(str(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = self._get_output_dir(trial)
@@ -104,7 +124,8 @@ class AtomicCheckpointMixin:
         try:
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
-                self.save_checkpoint_extras(staged)
+                for state in self.checkpoint_states():
+                    state.save_to_checkpoint(staged)
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()  # every rank's files (RNG states, shards) are in

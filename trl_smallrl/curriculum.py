@@ -16,6 +16,7 @@ each checkpoint through `state_dict` / `load_state_dict`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from collections import deque
@@ -26,6 +27,8 @@ from torch.utils.data import Sampler
 
 from trl_smallrl import atomic
 from trl_smallrl.errors import ConfigError, unknown_name
+
+logger = logging.getLogger(__name__)
 
 MODES = ("sequential", "mixed", "off")
 STATE_FILE = "curriculum_state.json"
@@ -197,18 +200,18 @@ class Curriculum:
         broadcast_from_rank0(self)
         return advanced
 
-    def save(self, folder) -> str:
-        """Write the state into a checkpoint folder atomically; returns the file path."""
-        return str(atomic.write_json(os.path.join(folder, STATE_FILE), self.state_dict()))
+    def save_to_checkpoint(self, folder) -> None:
+        """Write the state into a checkpoint folder atomically (`checkpoints.CheckpointState`)."""
+        atomic.write_json(os.path.join(folder, STATE_FILE), self.state_dict())
 
-    def load(self, folder) -> bool:
-        """Restore the state saved in a checkpoint folder; False when the folder has none."""
+    def load_from_checkpoint(self, folder) -> None:
+        """Restore the state saved in a checkpoint folder; a folder without one leaves it as it is."""
         path = os.path.join(folder, STATE_FILE)
         if not os.path.isfile(path):
-            return False
+            return
         with open(path) as handle:
             self.load_state_dict(json.load(handle))
-        return True
+        logger.info("curriculum restored from %s: level %s", folder, self.current_level)
 
 
 def per_prompt(levels: Sequence[int], correct: Sequence[float], num_generations: int) -> tuple[list, list]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import trl
 
 from trl_smallrl import run
-from trl_smallrl.checkpoints import resume_checkpoint
 from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments
 from trl_smallrl.curriculum import Curriculum
 from trl_smallrl.engines import check_vllm_installed
@@ -72,9 +71,7 @@ def build_trainer(
         )
     )
     if training_args.resets:
-        resets = HardResetCallback(trainer, parse_reset_phases(training_args.resets))
-        resets.restore(resume_checkpoint(training_args))  # the phase's adapter shape, before train() loads it
-        trainer.add_callback(resets)
+        trainer.add_callback(HardResetCallback(trainer, parse_reset_phases(training_args.resets)))
     return trainer
 
 

@@ -15,13 +15,23 @@ Everything TRL already does is switched on from the recipe (`loss_type: dapo`, `
   for a new adapter, a new optimizer and schedule, the callbacks pointed at them) and `set_sampling` (the new
   phase's sampling settings, the temperature of the training log-probs included).
 
-Hooks, in the order a step runs them: `_get_train_sampler` (curriculum), `_generate_and_score_completions`
-(dynamic sampling, after TRL computed the advantages), `_calculate_rewards` (non-finite guard, health table,
-curriculum statistics), `training_step` (the current wrapper), `compute_loss` (a non-finite loss on any rank,
-before the backward pass), `_compute_loss` (normalization without masked groups), `_prepare_inputs` and
-`_get_per_token_logps_and_entropies` (on a CPU, micro-batches of whole groups, each group's prompt run once), `log`,
-`save_checkpoint_extras` / `_load_optimizer_and_scheduler` (curriculum state).
-Checkpoints appear whole (`checkpoints.AtomicCheckpointMixin`).
+A step, in the order it runs our hooks (TRL's methods of the same names run inside them; tests/test_trl_hooks.py
+pins their signatures to the installed TRL):
+
+1. `training_step`: the current model wrapper (a reset may have replaced it), with the loop's `no_sync`;
+2. `_prepare_inputs`: when a new generation batch is due, TRL calls
+   `_generate_and_score_completions`, which (in TRL) samples through `_generate_single_turn` (ours on a CPU:
+   `generation.sample_tokens`, the LoRA update added into the base), scores through `_calculate_rewards` (ours
+   adds the template's `<think>` prefill, the non-finite guard, the health table and correctness, then advances
+   the curriculum) and computes advantages; ours then applies dynamic sampling (mask, or resample from the
+   curriculum's draw). Back in `_prepare_inputs`, TRL shuffles and cuts the batch; ours re-cuts whole groups;
+3. `compute_loss` (a non-finite loss on any rank, before the backward pass) -> `_compute_loss` (normalization
+   without masked groups) -> `_get_per_token_logps_and_entropies` (on a CPU, each group's prompt run once);
+4. `log` (curriculum metrics, levels agreeing across ranks).
+
+Outside the step: `_get_train_sampler` (the curriculum's sampler, when the dataloader is built), and the checkpoint
+mixin (`checkpoints.AtomicCheckpointMixin`: checkpoints appear whole, with each `CheckpointState`: the curriculum
+here, the reset phase in `resets`).
 """
 
 from __future__ import annotations
@@ -140,15 +150,8 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             repeat_count=self.num_iterations * self.args.steps_per_generation,
         )
 
-    def save_checkpoint_extras(self, folder: str) -> None:
-        super().save_checkpoint_extras(folder)
-        if self.curriculum is not None:
-            self.curriculum.save(folder)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if self.curriculum is not None and checkpoint and self.curriculum.load(checkpoint):
-            logger.info("curriculum restored from %s: level %s", checkpoint, self.curriculum.current_level)
+    def own_checkpoint_states(self) -> list:
+        return [] if self.curriculum is None else [self.curriculum]  # saved and restored with every checkpoint
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.curriculum is not None and self.model.training:

@@ -25,8 +25,8 @@ accumulate: a phase changes only what it names. At a reset, on every rank alike:
    disabled, i.e. the merged weights; a full model's separate reference copy is overwritten.
 
 A checkpoint holds the phase index, the reset history and, once a reset has happened, the merged base
-weights (`smallrl_merged_base.safetensors`; TRL saves only the adapter of a PEFT model). `restore()` rebuilds
-the phase before `Trainer.train(resume_from_checkpoint=...)` loads the adapter, so a run resumed in phase 2
+weights (`smallrl_merged_base.safetensors`; TRL saves only the adapter of a PEFT model). `load_from_checkpoint`
+(`checkpoints.CheckpointState`) rebuilds the phase before the Trainer loads the adapter, so a run resumed in phase 2
 continues phase 2 at its step (TRL issue 3635: PEFT GRPO runs restarting at step 0). The same file beside a
 final adapter makes the output folder resolvable (`models.merged_adapter_path`).
 """
@@ -288,10 +288,8 @@ class HardResetCallback(TrainerCallback):
         if state.is_world_process_zero and self.phase > 0:
             self.save(args.output_dir)
 
-    def restore(self, checkpoint: str | os.PathLike | None) -> None:
-        """Rebuild the checkpoint's phase before `train(resume_from_checkpoint=checkpoint)` loads its adapter."""
-        if not checkpoint:
-            return
+    def load_from_checkpoint(self, checkpoint: str) -> None:
+        """Rebuild the checkpoint's phase before the Trainer loads its adapter (`checkpoints.CheckpointState`)."""
         state_path = Path(checkpoint) / STATE_FILE
         if not state_path.is_file():
             return  # a checkpoint of a run without resets, or written before the first save of one
