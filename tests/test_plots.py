@@ -23,7 +23,7 @@ def test_figures_of_a_real_grpo_run(tiny_grpo_run, tmp_path):
     stems = {path.stem for path in written}
     assert {"loss", "reward", "completion_length", "kl", "entropy", "clip_ratio", "zero_std_groups"} <= stems
     # Plain TRL logs no curriculum and no think length: those figures are skipped, not errors.
-    assert not {"accuracy_levels", "think_length", "reasoning_health"} & stems
+    assert not {"accuracy_levels", "think_length", "reasoning_health", "informative_groups"} & stems
     for path in written:
         assert_png(path)
     assert not list((tmp_path / "plots").glob("*.tmp"))
@@ -45,13 +45,14 @@ def test_curriculum_and_health_figures(tiny_grpo_run, tmp_path):
                 "health/think_length_mean": 40.0 - step,
                 "health/think_length_min": 10.0 - step,
                 "health/answer_without_reasoning": 0.1,
+                "informative_groups": float(step % 3),
             }
         )
         if level == 3:
             entry["curriculum/accuracy_level_3"] = 0.1
     (tmp_path / "run" / "trainer_state.json").write_text(json.dumps(state))
     stems = {path.stem: path for path in plot_run(tmp_path / "run")}
-    for stem in ("accuracy_levels", "think_length", "reasoning_health"):
+    for stem in ("accuracy_levels", "think_length", "reasoning_health", "informative_groups"):
         assert_png(stems[stem])
     assert stems["reward"].parent == tmp_path / "run" / "plots"
 

@@ -15,5 +15,5 @@ class CommandParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose long options with a dash also answer to their underscore spelling."""
 
     def add_argument(self, *names, **kwargs):
-        aliases = [name.replace("-", "_") for name in names if name.startswith("--") and "-" in name[2:]]
+        aliases = ["--" + name[2:].replace("-", "_") for name in names if name.startswith("--") and "-" in name[2:]]
         return super().add_argument(*names, *[a for a in aliases if a not in names], **kwargs)

@@ -86,6 +86,9 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
         ),
     ),
     "zero_std_groups": (Panel("Groups with equal rewards (no signal)", "fraction", (r"frac_reward_zero_std",)),),
+    "informative_groups": (
+        Panel("Groups trained with right and wrong answers", "groups a step", (r"informative_groups",)),
+    ),
 }
 
 
