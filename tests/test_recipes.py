@@ -148,7 +148,7 @@ def test_a_vllm_share_without_room_for_the_generation_batchs_cache_is_refused(tm
             "per_device_train_batch_size: 6\ngradient_accumulation_steps: 4\nmax_completion_length: 3584\n"
             "gradient_checkpointing: true\nuse_vllm: true\nvllm_mode: colocate\nvllm_max_model_length: 4096\n")  # fmt: skip
     with pytest.raises(
-        ConfigError, match=r"leaves vLLM -?\d+\.\d GB of KV cache .* 24 rows x 4096 tokens\) needs 2\.6"
+        ConfigError, match=r"leaves vLLM -?\d+\.\d GB of KV cache .*\(24 rows x 4096 tokens\) needs 2\.6"
     ):
         check_with_computed_memory(write(tmp_path, body + "vllm_gpu_memory_utilization: 0.25\n"))
     check_with_computed_memory(write(tmp_path, body + "vllm_gpu_memory_utilization: 0.35\n"))

@@ -153,10 +153,12 @@ def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_
 
 
 THINKING_SWITCH = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)  # the part of Qwen3's template that `enable_thinking: false` changes
+    "{% set off = enable_thinking is defined and enable_thinking is false %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and off %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if off %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)  # the part of Qwen3's template that `enable_thinking: false` changes: an empty think block opens the answer
 
 
 @pytest.mark.parametrize("thinking", [None, "false"])
@@ -177,8 +179,7 @@ def test_chat_template_kwargs_reach_the_rendered_traces(tiny_model_dir, tmp_path
     extra = ["--chat_template_kwargs", json.dumps({"enable_thinking": False})] if thinking else []
     argv = _argv(str(model_dir), _write_traces(tmp_path / "traces.jsonl", n=2), tmp_path / "out", *extra)
     trainer = sft.build_trainer(*parse_recipe((SFTScriptArguments, SFTConfig, ModelConfig), argv))
-    row = trainer.train_dataset[0]
-    text = tokenizer.decode(row["input_ids"])
-    assert text.count("<think>") == (2 if thinking else 1)  # the template's empty block, then the trace's own
-    prompt_end = row["completion_mask"].index(1)
-    assert tokenizer.decode(row["input_ids"][:prompt_end]).endswith("</think>\n\n") == bool(thinking)
+    text = tokenizer.decode(trainer.train_dataset[0]["input_ids"])
+    # Thinking off: the template's empty think block opens the answer, before the trace's own reasoning.
+    assert ("assistant\n<think>\n\n</think>\n\n<think>0 is a knight." in text) == bool(thinking)
+    assert "assistant\n<think>0 is a knight." in text or thinking

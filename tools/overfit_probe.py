@@ -40,6 +40,7 @@ def run(sft_dir: str | None, out: Path, grpo_steps: int) -> dict:
     grpo.train(["--config", str(RECIPES / "grpo" / "kk_curriculum.yaml"), "--model_name_or_path", sft_dir,
                 "--output_dir", str(out / "grpo"), *probe, "--reward_funcs", "accuracy_binary",
                 "--reward_weights", "1.0", "--dynamic_sampling", "none", "--max_steps", str(grpo_steps),
+                "--gradient_accumulation_steps", str(PROMPTS),
                 "--save_strategy", "no"])  # fmt: skip
     times["grpo_s"] = time.perf_counter() - started
     data, spec = parse_recipe(
