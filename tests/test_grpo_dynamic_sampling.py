@@ -26,7 +26,8 @@ def _rows(n_prompts):
     ]
 
 
-def _trainer(tiny_model_dir, tmp_path, mode, **overrides):
+def _trainer(tiny_model_dir, tmp_path, mode, reward=None, rows=None, curriculum=None, **overrides):
+    """A trainer on groups of GROUP completions, 4 prompts a batch (rows: CONSTANT's, unless given)."""
     args = configs.GRPOConfig(
         output_dir=str(tmp_path / mode),
         num_generations=GROUP,
@@ -40,9 +41,10 @@ def _trainer(tiny_model_dir, tmp_path, mode, **overrides):
     )
     return SmallRLGRPOTrainer(
         model=tiny_model_dir,
-        reward_funcs=[reward_constant_or_varied],
+        reward_funcs=[reward or reward_constant_or_varied],
         args=args,
-        train_dataset=Dataset.from_list(_rows(16)),
+        train_dataset=Dataset.from_list(rows or _rows(16)),
+        curriculum=curriculum,
     )
 
 
@@ -191,23 +193,7 @@ def _scripted_rows(n_prompts):
 @pytest.mark.parametrize("mode", ["none", "mask", "resample"])
 def test_groups_are_kept_by_correctness_whatever_the_reward_spread(tiny_model_dir, tmp_path, scripted_task, mode):
     torch.manual_seed(0)
-    args = configs.GRPOConfig(
-        output_dir=str(tmp_path / mode),
-        num_generations=GROUP,
-        per_device_train_batch_size=GROUP * len(VERDICTS),
-        max_completion_length=8,
-        dynamic_sampling=mode,
-        dynamic_sampling_max_tries=4,
-        report_to="none",
-        seed=0,
-        bf16=False,
-    )
-    trainer = SmallRLGRPOTrainer(
-        model=tiny_model_dir,
-        reward_funcs=[reward_varied],
-        args=args,
-        train_dataset=Dataset.from_list(_scripted_rows(16)),
-    )
+    trainer = _trainer(tiny_model_dir, tmp_path, mode, reward_varied, _scripted_rows(16), dynamic_sampling_max_tries=4)
     trainer.model.train()
     batch = [row for row in _scripted_rows(len(VERDICTS)) for _ in range(GROUP)]
     output = trainer._generate_and_score_completions(batch)
@@ -237,14 +223,10 @@ def test_resampled_prompts_come_from_the_curriculums_own_draw(tiny_model_dir, tm
     from trl_smallrl.curriculum import Curriculum
 
     curriculum = Curriculum([2, 3], threshold=1.0, window=1000, seed=0)
-    args = configs.GRPOConfig(output_dir=str(tmp_path), num_generations=GROUP, dynamic_sampling="resample",
-                              per_device_train_batch_size=GROUP * len(VERDICTS), max_completion_length=8,
-                              dynamic_sampling_max_tries=2, report_to="none", seed=0, bf16=False)  # fmt: skip
     rows = _scripted_rows(16) + [{**row, "level": 3} for row in _scripted_rows(4)]
-    trainer = SmallRLGRPOTrainer(
-        model=tiny_model_dir, reward_funcs=[reward_varied], args=args, train_dataset=Dataset.from_list(rows),
-        curriculum=curriculum,
-    )  # fmt: skip
+    trainer = _trainer(
+        tiny_model_dir, tmp_path, "resample", reward_varied, rows, curriculum, dynamic_sampling_max_tries=2
+    )
     trainer.model.train()
     torch.manual_seed(0)
     trainer._generate_and_score_completions([row for row in _scripted_rows(len(VERDICTS)) for _ in range(GROUP)])
