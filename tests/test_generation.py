@@ -216,12 +216,15 @@ def test_sampling_draws_transformers_distribution(monkeypatch, temperature, top_
         assert (expected > 0).sum(-1).max() > candidates
 
 
-@pytest.mark.parametrize("shared_prefix", [True, False], ids=["shared-prefix", "trl-scoring"])
+@pytest.mark.parametrize(("shared_prefix", "bf16", "tolerance"),
+                         [(True, False, 1e-4), (False, False, 1e-4), (True, True, 1e-2)],
+                         ids=["shared-prefix", "trl-scoring", "bf16-autocast"])  # fmt: skip
 def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_model_dir, tmp_path, monkeypatch,
-                                                                         shared_prefix):  # fmt: skip
+                                                                         shared_prefix, bf16, tolerance):  # fmt: skip
     """The log-probability the CPU sampler drew each token with (LoRA added into the base, `_Decoder` steps) is
     the one the trainer's loss computes for it (`_get_per_token_logps_and_entropies`, the adapter as PEFT runs it),
-    with the group's prompt run once or TRL's plain scoring: the loss's ratio is 1 at the first update."""
+    with the group's prompt run once or TRL's plain scoring: the loss's ratio is 1 at the first update. Under bf16
+    autocast the sampler computes in bf16 as the trainer's forward does, to bf16's rounding."""
     from datasets import Dataset
     from peft import LoraConfig
 
@@ -238,8 +241,13 @@ def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_mod
         return tokens
 
     monkeypatch.setattr(generation, "_sample", recording_draw)
+    head_dtypes = []  # the dtype the sampler computed in, one a rollout
+    lm_head = generation._lm_head
+    monkeypatch.setattr(
+        generation, "_lm_head", lambda model, dtype: head_dtypes.append(dtype) or lm_head(model, dtype)
+    )
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3, temperature=0.8,
-                      max_completion_length=6, report_to="none", bf16=False)  # fmt: skip
+                      max_completion_length=6, report_to="none", bf16=bf16)  # fmt: skip
     prompts = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": text}]} for text in ("Say 1.", "Tell me 22.")]
     )
@@ -254,6 +262,7 @@ def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_mod
     torch.manual_seed(0)
     completions, _ = trainer._generate_single_turn(prompt_ids, None, {}, 3)
     assert all(len(c) == 6 for c in completions)  # no row ended early: step t's row r is completion r's token t
+    assert head_dtypes == [torch.bfloat16 if bf16 else torch.float32]
     sampler_logps = torch.stack([logps for logps, _ in steps], dim=1)
     assert torch.equal(torch.stack([tokens for _, tokens in steps], dim=1), torch.tensor(completions))
 
@@ -263,7 +272,7 @@ def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_mod
     mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + 6) for p in prompt_ids])
     with torch.no_grad():
         trainer_logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 6)[0]
-    torch.testing.assert_close(trainer_logps, sampler_logps, rtol=0, atol=1e-4)
+    torch.testing.assert_close(trainer_logps, sampler_logps, rtol=0, atol=tolerance)
 
 
 class _FakeVLLM:

@@ -102,6 +102,15 @@ def test_inference_dtype(cpu, monkeypatch, caplog):
     assert precision.inference_dtype("auto") == torch.bfloat16
 
 
+def test_a_cpu_decode_computes_in_bf16_only_where_the_processor_has_it(cpu):
+    """Eval on a CPU keeps float32 weights; its matmuls run in bf16 where that is native, never where emulated."""
+    cpu(WITHOUT_BF16)
+    assert precision.decode_compute_dtype("auto") is None
+    cpu(WITH_BF16)
+    assert precision.decode_compute_dtype("auto") == torch.bfloat16
+    assert precision.decode_compute_dtype("float32") is None
+
+
 def test_unknown_cpu_precision_is_one_line(tmp_path):
     from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments
     from trl_smallrl.recipe import parse_recipe

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trl_smallrl.models import resolve_model
-from trl_smallrl.precision import accelerator_name, inference_dtype
+from trl_smallrl.precision import accelerator_name, decode_compute_dtype, inference_dtype
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class SamplingSettings:
     top_p: float = 0.95
     batch_size: int = 8
     seed: int = 0
-    dtype: str = "auto"  # bfloat16 on a GPU, float32 on a CPU (`precision.inference_dtype`)
+    dtype: str = "auto"  # bfloat16 on a GPU; on a CPU float32 weights, bf16 matmuls where native (`precision`)
     gpu_memory_utilization: float = 0.85  # vLLM: its share of the GPU (weights and KV cache), one engine at a time
 
 
@@ -74,9 +74,15 @@ def sample_tokens(
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
+    compute_dtype=None,
 ) -> list[list[int]]:
     """Sampled completion ids for each prompt, in order, each ending with its end-of-sequence token (or cut at
     `max_new_tokens`). Identical prompts are prefilled once. `temperature` 0 is greedy. Uses torch's global RNG.
+
+    `compute_dtype` (None: the weights' dtype) is the precision of the matmuls, the attention and the KV cache, the
+    residual stream and the norms staying in the weights' dtype: `torch.bfloat16` over float32 weights computes as
+    bf16 autocast does, so a trainer that trains under bf16 autocast samples from the distribution its loss scores.
+    On a CPU with native bf16 (a 2-core AMD EPYC with AVX512-BF16) that decodes the embedded model 1.4-1.6x faster.
 
     `model` is a causal LM of transformers of the Llama family (Llama, SmolLM, Qwen2, Qwen3); call
     `supports_sample_tokens(model)` first. The prompts are prefilled by the model itself; each decode step runs
@@ -96,19 +102,23 @@ def sample_tokens(
         mask[row, width - len(prompt) : width] = True
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
     backbone = getattr(model, model.base_model_prefix)
-    head = _lm_head(model)
     eos = torch.tensor(sorted(set(eos_ids)))
     cache = DynamicCache(config=model.config)
+    weights_dtype = model.get_output_embeddings().weight.dtype
+    compute_dtype = compute_dtype or weights_dtype
+    lower = compute_dtype != weights_dtype
+    head = _lm_head(model, compute_dtype)
     with torch.inference_mode():
-        hidden = backbone(
-            input_ids=ids,
-            attention_mask=mask[:, :width].long(),
-            position_ids=positions,
-            use_cache=True,
-            **{cache_keyword(backbone.forward): cache},
-        ).last_hidden_state[:, -1]
+        with torch.autocast(model.device.type, dtype=compute_dtype, enabled=lower):  # the prefill, as autocast runs it
+            hidden = backbone(
+                input_ids=ids,
+                attention_mask=mask[:, :width].long(),
+                position_ids=positions,
+                use_cache=True,
+                **{cache_keyword(backbone.forward): cache},
+            ).last_hidden_state[:, -1]
         expand = torch.tensor(row_prompt)  # each completion gets its own copy of its prompt's cache
-        decoder = _Decoder(backbone, cache, expand, length)
+        decoder = _Decoder(backbone, cache, expand, length, compute_dtype)
         hidden, mask, position = hidden[expand], mask[expand], positions[expand, -1]
         alive = torch.arange(len(prompts))  # the original row of each batch row
         finished = torch.zeros(len(prompts), dtype=torch.bool)
@@ -146,16 +156,16 @@ class _Decoder:
     family). The fused weights are built per call, after a rollout has added its LoRA update into the base.
     """
 
-    def __init__(self, backbone, prefill_cache, expand, length: int):
+    def __init__(self, backbone, prefill_cache, expand, length: int, dtype):
         config = backbone.config
         self.backbone = backbone
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.layers = [_FusedLayer(layer) for layer in backbone.layers]
+        self.layers = [_FusedLayer(layer, dtype) for layer in backbone.layers]
         self.keys, self.values = [], []
         for layer in prefill_cache.layers:
             rows, width = len(expand), layer.keys.shape[2]
             for store, filled in ((self.keys, layer.keys), (self.values, layer.values)):
-                cache = filled.new_zeros((rows, filled.shape[1], length, filled.shape[3]))
+                cache = filled.new_zeros((rows, filled.shape[1], length, filled.shape[3]), dtype=dtype)
                 cache[:, :, :width] = filled[expand]
                 store.append(cache)
 
@@ -182,7 +192,7 @@ class _Decoder:
             qk = _rotate(torch.cat((q, k), dim=1), cos, sin)
             q, k = qk[:, : self.heads], qk[:, self.heads :]
             keys[:, :, slot], values[:, :, slot] = k, v
-            grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, layer.head_dim)
+            grouped = q.to(keys.dtype).reshape(rows, self.kv_heads, self.heads // self.kv_heads, layer.head_dim)
             attended = F.scaled_dot_product_attention(
                 grouped, keys[:, :, : slot + 1], values[:, :, : slot + 1], attn_mask=attend, scale=layer.scaling
             )
@@ -198,6 +208,7 @@ def _project(x, weight, bias):
     EPYC: 0.69 ms against 1.57 ms for `F.linear`)."""
     import torch
 
+    x = x.to(weight.dtype)
     out = torch.mm(weight, x.t()) if bias is None else torch.addmm(bias[:, None], weight, x.t())
     return out.t().contiguous()
 
@@ -212,22 +223,22 @@ def _rotate(x, cos, sin):
 
 class _FusedLayer:
     """A decoder layer's weights as `_Decoder` uses them: q/k/v and gate/up concatenated (PEFT's wrappers
-    unwrapped to their base layers, into which a rollout has added the LoRA update)."""
+    unwrapped to their base layers, into which a rollout has added the LoRA update), in the decode's `dtype`."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, dtype):
         import torch
 
         attn, mlp = layer.self_attn, layer.mlp
         q, k, v, o = (_base(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
         gate, up, down = (_base(getattr(mlp, name)) for name in ("gate_proj", "up_proj", "down_proj"))
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
-        self.qkv = torch.cat([q.weight, k.weight, v.weight])
-        self.qkv_bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])
+        self.qkv = torch.cat([q.weight, k.weight, v.weight]).to(dtype)
+        self.qkv_bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias]).to(dtype)
         self.qkv_sizes = [q.out_features, k.out_features, v.out_features]
-        self.o, self.o_bias = o.weight, o.bias
-        self.gate_up = torch.cat([gate.weight, up.weight])
-        self.gate_up_bias = None if gate.bias is None else torch.cat([gate.bias, up.bias])
-        self.down, self.down_bias = down.weight, down.bias
+        self.o, self.o_bias = o.weight.to(dtype), None if o.bias is None else o.bias.to(dtype)
+        self.gate_up = torch.cat([gate.weight, up.weight]).to(dtype)
+        self.gate_up_bias = None if gate.bias is None else torch.cat([gate.bias, up.bias]).to(dtype)
+        self.down, self.down_bias = down.weight.to(dtype), None if down.bias is None else down.bias.to(dtype)
         self.input_norm, self.post_norm, self.act = layer.input_layernorm, layer.post_attention_layernorm, mlp.act_fn
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
 
@@ -288,21 +299,24 @@ def _sample(logits, temperature: float, top_p: float, top_k: int):
     return (pick if order is None else order.gather(-1, pick))[:, 0]
 
 
-def _lm_head(model):
-    """The output projection, through oneDNN on a CPU that has it (a one-time copy of the weight per call)."""
+def _lm_head(model, dtype):
+    """The output projection in `dtype`, through oneDNN on a CPU that has it (a one-time copy of the weight per
+    call)."""
     import torch
 
     head = model.get_output_embeddings()
     if head.weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return head
+        return lambda hidden: torch.nn.functional.linear(
+            hidden.to(dtype), head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype)
+        )
     import torch.utils.mkldnn
 
     linear = torch.nn.utils.skip_init(torch.nn.Linear, head.in_features, head.out_features, bias=head.bias is not None)
     linear.weight = torch.nn.Parameter(head.weight.detach().to(torch.float32), requires_grad=False)
     if head.bias is not None:
         linear.bias = torch.nn.Parameter(head.bias.detach().to(torch.float32), requires_grad=False)
-    fast = torch.utils.mkldnn.to_mkldnn(linear)
-    return lambda hidden: fast(hidden.to(torch.float32))
+    fast = torch.utils.mkldnn.to_mkldnn(linear, dtype)
+    return lambda hidden: fast(hidden.to(dtype))
 
 
 DECODER_FAMILIES = ("llama", "qwen2", "qwen3")  # the decoder layouts `_Decoder` runs
@@ -364,6 +378,7 @@ def _sample_transformers(path: str, prompts, settings: SamplingSettings) -> list
                 pad_id=tokenizer.pad_token_id,
                 temperature=settings.temperature,
                 top_p=settings.top_p,
+                compute_dtype=decode_compute_dtype(settings.dtype),
             )
         else:
             inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

@@ -409,6 +409,7 @@ class SmallRLGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 temperature=self.temperature,
                 top_p=self.top_p,
                 top_k=self.top_k or 0,
+                compute_dtype=torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None,
             )
         return completion_ids, None  # as TRL's transformers path: no sampling log-probs
 
