@@ -16,7 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> str:
     """The embedded SmolLM2-135M-Instruct as a Hugging Face folder (converted once, then cached)."""
-    from trl_smallrl.models import DEFAULT_MODEL, resolve_model
+    from trl_smallrl.embedded import DEFAULT_MODEL
+    from trl_smallrl.models import resolve_model
 
     return resolve_model(DEFAULT_MODEL)
 

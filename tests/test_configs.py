@@ -58,6 +58,21 @@ def test_mistakes_get_one_line_errors(tmp_path, recipe_keys, extra, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("kind", ["sft", "eval"])
+def test_sft_and_eval_recipes_refuse_curriculum_keys(tmp_path, kind):
+    """The curriculum is a GRPO run's: an SFT or eval recipe that sets it would be silently ignored."""
+    from trl_smallrl.configs import EvalArguments, GRPOScriptArguments, SFTConfig, SFTScriptArguments
+
+    types = {"sft": (SFTScriptArguments, SFTConfig, ModelConfig), "eval": (DataArguments, EvalArguments)}[kind]
+    with pytest.raises(ConfigError, match=r"unknown key 'curriculum_window'") as err:
+        parse_recipe(types, ["--config", write_recipe(tmp_path, curriculum_window=16)])
+    assert "\n" not in str(err.value)
+    script = parse_recipe(
+        (GRPOScriptArguments, GRPOConfig, ModelConfig), ["--config", write_recipe(tmp_path, curriculum_window=16)]
+    )[0]
+    assert script.curriculum_window == 16
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         parse_recipe(TYPES, ["--config", str(tmp_path / "nope.yaml")])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trl_smallrl.configs import DataArguments
+from trl_smallrl.configs import GRPOScriptArguments
 from trl_smallrl.curriculum import Curriculum, CurriculumSampler, per_prompt
 from trl_smallrl.errors import ConfigError
 
@@ -155,11 +155,11 @@ def test_single_process_record_and_per_prompt_grouping():
 )
 def test_bad_curriculum_fields_fail_with_one_line(field, value, message):
     with pytest.raises(ConfigError, match=message):
-        DataArguments(**{field: value})
+        GRPOScriptArguments(**{field: value})
 
 
-def test_curriculum_from_data_arguments():
-    data_args = DataArguments(
+def test_curriculum_from_grpo_script_arguments():
+    data_args = GRPOScriptArguments(
         levels=[2, 4], curriculum="mixed", curriculum_window=3, curriculum_max_steps=7, curriculum_replay=0.1
     )
     curriculum = Curriculum.from_args(data_args, seed=3)

@@ -9,7 +9,8 @@ import pytest
 
 from trl_smallrl.data_tools import data_main, parse_levels, score_main, traces_main
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.tasks import get_task, load_records
+from trl_smallrl.tasks import get_task
+from trl_smallrl.tasks.rows import load_records
 
 
 def read_jsonl(path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trl_smallrl.generation import SamplingSettings, sample, sample_tokens
+from trl_smallrl.decoding import sample_tokens
+from trl_smallrl.generation import SamplingSettings, sample
 from trl_smallrl.tasks import get_task
 
 SETTINGS = SamplingSettings(num_samples=3, max_new_tokens=12, temperature=1.0, batch_size=2, seed=0)
@@ -90,7 +91,7 @@ def test_decode_steps_give_generates_tokens_in_each_family(family, tokenizer):
     random models of each family it runs: Qwen2's projection biases and Qwen3's query/key norms included."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trl_smallrl.generation import supports_sample_tokens
+    from trl_smallrl.decoding import supports_sample_tokens
 
     sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=len(tokenizer))  # fmt: skip
@@ -195,9 +196,9 @@ def test_sampling_draws_transformers_distribution(monkeypatch, temperature, top_
     tokens outside it never come, and a nucleus wider than the first candidates is still found whole."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from trl_smallrl import generation
+    from trl_smallrl import decoding
 
-    monkeypatch.setattr(generation, "NUCLEUS_CANDIDATES", candidates)
+    monkeypatch.setattr(decoding, "NUCLEUS_CANDIDATES", candidates)
     torch.manual_seed(0)
     logits = torch.randn(3, 12) * 2
     warped = TemperatureLogitsWarper(temperature)(None, logits.clone())
@@ -207,7 +208,7 @@ def test_sampling_draws_transformers_distribution(monkeypatch, temperature, top_
         warped = TopPLogitsWarper(top_p)(None, warped)
     expected = warped.softmax(-1)
     draws = 20000
-    picks = generation._sample(logits.repeat_interleave(draws, 0), temperature, top_p, top_k).view(3, draws)
+    picks = decoding._sample(logits.repeat_interleave(draws, 0), temperature, top_p, top_k).view(3, draws)
     counts = torch.stack([torch.bincount(row, minlength=12) for row in picks]).double()
     assert counts[expected == 0].sum() == 0
     sd = (expected * (1 - expected) / draws).sqrt().double()
@@ -228,26 +229,24 @@ def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_mod
     from datasets import Dataset
     from peft import LoraConfig
 
-    from trl_smallrl import generation
+    from trl_smallrl import decoding
     from trl_smallrl.configs import GRPOConfig
     from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 
     steps = []  # (logits the sampler drew from, tokens it drew), one pair a decode step
-    draw = generation._sample
+    draw = decoding._sample
 
     def recording_draw(logits, temperature, top_p, top_k):
         tokens = draw(logits, temperature, top_p, top_k)
         steps.append(((logits.float() / temperature).log_softmax(-1).gather(1, tokens[:, None])[:, 0], tokens))
         return tokens
 
-    monkeypatch.setattr(generation, "_sample", recording_draw)
+    monkeypatch.setattr(decoding, "_sample", recording_draw)
     head_dtypes = []  # the dtype the sampler computed in, one a rollout
-    lm_head = generation._lm_head
-    monkeypatch.setattr(
-        generation, "_lm_head", lambda model, dtype: head_dtypes.append(dtype) or lm_head(model, dtype)
-    )
+    lm_head = decoding._lm_head
+    monkeypatch.setattr(decoding, "_lm_head", lambda model, dtype: head_dtypes.append(dtype) or lm_head(model, dtype))
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3, temperature=0.8,
-                      max_completion_length=6, report_to="none", bf16=bf16)  # fmt: skip
+                      max_completion_length=6, report_to="none", bf16=bf16, use_cpu=True)  # fmt: skip
     prompts = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": text}]} for text in ("Say 1.", "Tell me 22.")]
     )

@@ -8,7 +8,8 @@ from datasets import Dataset
 from trl import GRPOTrainer
 
 from trl_smallrl import configs
-from trl_smallrl.grpo_trainer import KEEP_KEY, SCALE_KEY, SmallRLGRPOTrainer
+from trl_smallrl.grpo_dynamic_sampling import KEEP_KEY, SCALE_KEY
+from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 
 GROUP = 4
 CONSTANT = [True, False, True, False]  # prompts 0 and 2 get the same reward for every completion

@@ -9,10 +9,11 @@ import pytest
 import torch
 import yaml
 
+from trl_smallrl.embedded import EMBEDDED_MODELS, cache_root
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.evaluation import results_table, summarize
 from trl_smallrl.hub import main, prepare_upload
-from trl_smallrl.models import EMBEDDED_MODELS, cache_root, public_model_id
+from trl_smallrl.models import public_model_id
 
 FAKE_TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
@@ -188,11 +189,11 @@ def test_push_to_hub_in_a_recipe_is_taken_from_the_trainer(tmp_path):
     from trl_smallrl.configs import GRPOConfig
     from trl_smallrl.run import defer_push_to_hub
 
-    args = GRPOConfig(output_dir=str(tmp_path), push_to_hub=True, hub_model_id="someone/tiny-kk")
+    args = GRPOConfig(output_dir=str(tmp_path), push_to_hub=True, hub_model_id="someone/tiny-kk", use_cpu=True)
     assert defer_push_to_hub(args) is True and args.push_to_hub is False  # the Trainer will not contact the Hub
-    assert defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path))) is False
+    assert defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path), use_cpu=True)) is False
     with pytest.raises(ConfigError, match="hub_model_id: push_to_hub is on but no repository is named"):
-        defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path), push_to_hub=True))
+        defer_push_to_hub(GRPOConfig(output_dir=str(tmp_path), push_to_hub=True, use_cpu=True))
 
 
 def test_a_checkpoint_folder_uses_its_runs_config(run, tmp_path):

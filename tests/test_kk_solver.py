@@ -9,10 +9,11 @@ import statistics
 import pytest
 
 from trl_smallrl.configs import DataArguments
-from trl_smallrl.tasks import build_rows, get_task
+from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask, to_kk_record
 from trl_smallrl.tasks.knights_knaves_logic import Roles, evaluate, parse_statements, render
 from trl_smallrl.tasks.knights_knaves_traces import solve, write_trace
+from trl_smallrl.tasks.rows import build_rows
 
 LEVELS = range(2, 9)
 # 1000 puzzles; fewer at 7-8 people, whose generation costs 20x more (reasoning-gym enumerates 2^n to keep

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from trl_smallrl.embedded import EMBEDDED_MODELS
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.models import EMBEDDED_MODELS, main, public_model_id, resolve_model
+from trl_smallrl.models import main, public_model_id, resolve_model
 
 
 def test_embedded_alias_is_a_loadable_folder_with_chat_template(embedded_model_dir, tokenizer):

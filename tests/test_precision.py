@@ -163,8 +163,8 @@ def test_embedded_sft_recipe_trains_in_float32_on_a_cpu_without_bf16(cpu, tiny_m
 def test_embedded_recipes_keep_bf16_on_a_cpu_that_has_it(cpu, tiny_model_dir, tmp_path):
     """The other capability answer: the same recipe, parsed and decided as its entry point does, keeps bf16."""
     from trl_smallrl.configs import SFTConfig, SFTScriptArguments
-    from trl_smallrl.models import prepare_model_args
     from trl_smallrl.recipe import parse_recipe
+    from trl_smallrl.run import prepare_model_args
 
     cpu(WITH_BF16)
     _, training_args, model_args = parse_recipe(
@@ -177,8 +177,13 @@ def test_embedded_recipes_keep_bf16_on_a_cpu_that_has_it(cpu, tiny_model_dir, tm
 
 
 def test_gpus_that_torch_cannot_use_are_an_error_not_a_cpu_run(tmp_path, monkeypatch):
-    """nvidia-smi lists a GPU but torch (a CPU build) sees none: refuse instead of training days on the CPU."""
-    from trl_smallrl.configs import GRPOConfig
+    """nvidia-smi lists a GPU but torch (a CPU build) sees none: refuse instead of training days on the CPU, unless
+    the recipe or the command line asks for the CPU."""
+    from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments
+    from trl_smallrl.recipe import parse_recipe
+
+    def parse(*argv):
+        return parse_recipe((GRPOScriptArguments, GRPOConfig, trl.ModelConfig), ["--output_dir", str(tmp_path), *argv])
 
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
@@ -187,5 +192,11 @@ def test_gpus_that_torch_cannot_use_are_an_error_not_a_cpu_run(tmp_path, monkeyp
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     monkeypatch.setattr(precision, "accelerator_name", lambda: None)
     with pytest.raises(ConfigError, match=r"use_cpu: nvidia-smi lists 1 GPU\(s\) \(GPU 0: NVIDIA GeForce RTX 3090"):
-        GRPOConfig(output_dir=str(tmp_path / "out"))
-    assert GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False).use_cpu  # on purpose: fine
+        parse()
+    assert parse("--use_cpu", "true")[1].use_cpu  # on purpose: fine
+    assert parse("--use_cpu")[1].use_cpu
+    recipe = tmp_path / "cpu.yaml"
+    recipe.write_text("use_cpu: true\n")
+    assert parse("--config", str(recipe))[1].use_cpu
+    with pytest.raises(ConfigError, match="use_cpu: nvidia-smi lists"):
+        parse("--config", str(recipe), "--use_cpu", "false")  # the command line wins

@@ -11,12 +11,12 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
 
-from trl_smallrl import grpo_trainer
-from trl_smallrl.configs import GRPOConfig
+from trl_smallrl import grpo_rollouts
+from trl_smallrl.configs import GRPOConfig, parse_reset_phases
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 from trl_smallrl.models import MERGED_BASE_FILE
-from trl_smallrl.resets import STATE_FILE, HardResetCallback, parse_reset_phases
+from trl_smallrl.resets import STATE_FILE, HardResetCallback
 
 PROBE_IDS = torch.tensor([[1, 17, 42, 256, 1000, 7, 99, 3]])
 
@@ -79,13 +79,13 @@ class Probe(TrainerCallback):
 
 
 class GenerationSpy:
-    """Records the sampling settings of every rollout, on whichever path generates it: `generation.sample_tokens`
+    """Records the sampling settings of every rollout, on whichever path generates it: `decoding.sample_tokens`
     on a CPU, transformers' `generate` elsewhere. Both still run for real."""
 
     def __init__(self, trainer, monkeypatch):
         self.trainer, self.calls = trainer, []
         model = trainer.accelerator.unwrap_model(trainer.model)
-        original_generate, original_sample = model.generate, grpo_trainer.sample_tokens
+        original_generate, original_sample = model.generate, grpo_rollouts.sample_tokens
 
         def generate(*args, **kwargs):
             config = kwargs["generation_config"]
@@ -97,7 +97,7 @@ class GenerationSpy:
             return original_sample(*args, **kwargs)
 
         model.generate = generate
-        monkeypatch.setattr(grpo_trainer, "sample_tokens", sample_tokens)
+        monkeypatch.setattr(grpo_rollouts, "sample_tokens", sample_tokens)
 
     def _record(self, temperature, top_p, max_new_tokens):
         self.calls.append((self.trainer.state.global_step, temperature, top_p, max_new_tokens))
@@ -338,7 +338,7 @@ def test_set_sampling_reaches_vllm_and_the_fused_head(tiny_model_dir, tmp_path):
     one with the same attributes."""
     from types import SimpleNamespace
 
-    from trl_smallrl.grpo_trainer import _temperature_cell
+    from trl_smallrl.grpo_resets import _temperature_cell
 
     trainer, _ = _trainer(tiny_model_dir, tmp_path / "vllm", [{"at_step": 1, "temperature": 1.3}])
     trainer.vllm_generation = SimpleNamespace(temperature=1.0, top_p=1.0, max_completion_length=8)

@@ -117,7 +117,7 @@ def test_grpo_scoring_on_a_cpu_shares_the_prompt_and_gives_trls_log_probs(tiny_m
 
 
 def test_whole_groups_recuts_a_shuffled_generation_batch_into_groups():
-    from trl_smallrl.grpo_trainer import whole_groups
+    from trl_smallrl.grpo_rollouts import whole_groups
 
     prompt = torch.tensor([[0, 7, 8], [5, 6, 9]])  # two prompts, the first left-padded
     rows = [1, 0, 0, 1, 0, 1, 1, 0]  # a shuffled generation batch of 2 groups of 4
@@ -144,7 +144,7 @@ def test_a_cpu_grpo_step_scores_whole_groups_and_keeps_the_loss(tiny_model_dir, 
     from datasets import Dataset
     from peft import LoraConfig
 
-    from trl_smallrl import grpo_trainer
+    from trl_smallrl import grpo_rollouts
     from trl_smallrl.configs import GRPOConfig
     from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 
@@ -159,8 +159,8 @@ def test_a_cpu_grpo_step_scores_whole_groups_and_keeps_the_loss(tiny_model_dir, 
             peft_config=LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
         )  # fmt: skip
         seen = []
-        original = grpo_trainer.whole_groups
-        grpo_trainer.whole_groups = lambda batches: original(batches) if regroup else batches
+        original = grpo_rollouts.whole_groups
+        grpo_rollouts.whole_groups = lambda batches: original(batches) if regroup else batches
         scoring = trainer._get_per_token_logps_and_entropies
 
         def recorded(model, ids, mask, logits_to_keep, *args, **kwargs):
@@ -171,7 +171,7 @@ def test_a_cpu_grpo_step_scores_whole_groups_and_keeps_the_loss(tiny_model_dir, 
         try:
             trainer.train()
         finally:
-            grpo_trainer.whole_groups = original
+            grpo_rollouts.whole_groups = original
         return trainer.state.log_history[0]["loss"], seen
 
     loss, seen = run(regroup=True)

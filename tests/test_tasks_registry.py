@@ -10,9 +10,10 @@ import pytest
 
 from trl_smallrl.configs import DataArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.tasks import build_dataset, build_rows, get_task, task_names
+from trl_smallrl.tasks import get_task, task_names
 from trl_smallrl.tasks.base import SEED_STRIDE, generation_seed, parse_number
 from trl_smallrl.tasks.knights_knaves import KnightsKnavesTask
+from trl_smallrl.tasks.rows import build_dataset, build_rows
 
 SCHEMA = {"prompt", "task", "level", "answer"}
 

@@ -8,12 +8,15 @@ import inspect
 import pytest
 from trl import GRPOTrainer
 
+from trl_smallrl.adapters import plain_model
 from trl_smallrl.checkpoints import AtomicCheckpointMixin
-from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer, _temperature_cell
+from trl_smallrl.grpo_resets import _temperature_cell
+from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
 
+HOOK_CLASSES = [cls for cls in SmallRLGRPOTrainer.__mro__ if cls.__module__.startswith("trl_smallrl.")]
 OVERRIDES = [
     (cls, name)
-    for cls in (SmallRLGRPOTrainer, AtomicCheckpointMixin)
+    for cls in HOOK_CLASSES
     for name, member in vars(cls).items()
     if callable(member) and name != "__init__" and hasattr(GRPOTrainer, name)
 ]
@@ -27,6 +30,7 @@ def _positional(signature: inspect.Signature) -> list[str]:
 def test_the_overridden_hooks_are_found():
     names = {name for _, name in OVERRIDES}
     assert {"_generate_and_score_completions", "_generate_single_turn", "_calculate_rewards", "_compute_loss"} <= names
+    assert AtomicCheckpointMixin in HOOK_CLASSES and len(HOOK_CLASSES) == 7  # the trainer and its six mixins
 
 
 @pytest.mark.parametrize(("cls", "name"), OVERRIDES, ids=[f"{c.__name__}.{n}" for c, n in OVERRIDES])
@@ -57,7 +61,7 @@ def test_the_fused_lm_head_keeps_its_temperature_where_resets_change_it(tiny_mod
         model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
         train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi."}]}] * 2),
     )  # fmt: skip
-    assert _temperature_cell(trainer._transformers_model(trainer.model)).cell_contents == pytest.approx(0.9)
+    assert _temperature_cell(plain_model(trainer.accelerator, trainer.model)).cell_contents == pytest.approx(0.9)
 
 
 def test_pyproject_pins_the_trl_minor_these_hooks_are_written_against():

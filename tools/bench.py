@@ -8,7 +8,7 @@ in its own subprocess, so the peak resident memory is the case's own. Compare on
 1. Wrapper overhead: `SmallRLGRPOTrainer` against plain `trl.GRPOTrainer` on a tiny model, fixed lengths.
 2. Goal 1: completion tokens per second of the embedded GRPO recipe against plain TRL defaults (same CPU,
    same model, 8 generations of at most 128 tokens, batch 8, bf16 only where the CPU runs it natively).
-3. Goal 2: rollout generation (`generation.sample_tokens`) against transformers' `generate`, and the bound.
+3. Goal 2: rollout generation (`decoding.sample_tokens`) against transformers' `generate`, and the bound.
 4. Goal 3: evaluation, 100 completions of at most 384 tokens.
 5. Goal 4: SFT warm-up, trained tokens per second and loss after the same traces, old and new settings.
    Goal 5: the peak resident memory of every case above.
@@ -21,129 +21,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tools.bench_cases import GRPO_RECIPE, SFT_RECIPE, spawn
+from tools.bench_limits import bf16_matmul_size, limits_section, machine, matmul_peak, memory_bandwidth
 from trl_smallrl import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "BENCHMARKS.md"
 COMMAND = "make bench"
-GRPO_RECIPE = ROOT / "recipes" / "smollm2-135m-instruct" / "grpo" / "kk_curriculum.yaml"
-SFT_RECIPE = ROOT / "recipes" / "smollm2-135m-instruct" / "sft" / "kk_warmup.yaml"
-EVAL_RECIPE = ROOT / "recipes" / "smollm2-135m-instruct" / "eval" / "kk_levels.yaml"
-
-
-class FirstTokenReward:
-    """Bench-only reward: 1 when the first completion token id is a multiple of 8, else 0.
-
-    Registered as `first_token` (`rewards.register_reward`) inside the bench's case processes.
-    A random model hits it about one time in eight, so about 59% of groups of 4 have zero variance: the
-    cold-start situation dynamic sampling is for, reproducible without a trained model.
-    """
-
-    __name__ = "first_token"
-
-    def __call__(self, completions, completion_ids, **kwargs):
-        return [1.0 if ids and ids[0] % 8 == 0 else 0.0 for ids in completion_ids]
-
-
-def machine() -> str:
-    """The CPU with the instruction sets that decide bf16's speed, the cores, memory, GPU and torch."""
-    import torch
-
-    from trl_smallrl.precision import cpu_info
-
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    bf16 = "native bf16" if cpu_info().native_bf16 else "bf16 emulated"
-    return f"{cpu_info().describe()}, {bf16}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
-
-
-def bf16_matmul_size() -> int:
-    """The bf16 matmul's n: 2048 as fp32's where the CPU has native bf16; 512 where it emulates it on one thread at
-    well under 1 GFLOP/s (2048^3 six times would hold the limits, before any case, about 9 minutes)."""
-    from trl_smallrl.precision import cpu_info
-
-    return 2048 if cpu_info().native_bf16 else 512
-
-
-def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matmul on this machine's CPU, the reference for the 'fraction of peak'."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Best GB/s of reading a large float32 tensor (a sum), the bound of a memory-bound decode step."""
-    import torch
-
-    data = torch.ones(int(gib * 1024**3 / 4))
-    data.sum()
-    best = min(_seconds(data.sum) for _ in range(repeats))
-    return data.numel() * 4 / best / 1e9
-
-
-def _seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-# ------------------------------------------------------------------------------------------ cases (subprocess)
-def _timed(base):
-    """A subclass of `base` that records generation time and token counts of each generation batch."""
-
-    class Timed(base):
-        bench_records: list
-
-        def _generate_and_score_completions(self, inputs):
-            start = time.perf_counter()
-            output = super()._generate_and_score_completions(inputs)
-            self.bench_records.append(
-                {
-                    "generate_s": time.perf_counter() - start,
-                    "completion_tokens": int(output["completion_mask"].sum()),
-                    "prompt_tokens": int(output["prompt_mask"].sum()),
-                }
-            )
-            return output
-
-    return Timed
-
-
-def step_clock(step_times: list[float]):
-    """A callback that appends each optimizer step's wall time to `step_times`."""
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step_times.append(time.perf_counter() - self.start)
-
-    return StepClock()
 
 
 def load_line(load: tuple[float, float, float], cores: int) -> str:
@@ -154,252 +44,7 @@ def load_line(load: tuple[float, float, float], cores: int) -> str:
     return text + "at most the core count, which the benchmark's own threads fill: nothing else shared the CPU."
 
 
-def _train_timed(trainer, warm: int) -> dict:
-    """Train with a step clock; medians and sums over the steps after `warm`."""
-    import torch
-
-    step_times: list[float] = []
-    trainer.bench_records = []
-    trainer.add_callback(step_clock(step_times))
-    trainer.train()
-    records = trainer.bench_records[warm:]
-    steps = step_times[warm:]
-    logs = [entry for entry in trainer.state.log_history if "loss" in entry][warm:]
-    return {
-        "step_s": statistics.median(steps),
-        "total_s": sum(steps),
-        "generate_s": statistics.median(r["generate_s"] for r in records),
-        "completion_tokens": statistics.median(r["completion_tokens"] for r in records),
-        "completion_tokens_total": sum(r["completion_tokens"] for r in records),
-        "prompt_tokens": statistics.median(r["prompt_tokens"] for r in records),
-        "params": sum(p.numel() for p in trainer.model.parameters()),
-        "trained_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "peak_rss_gib": _peak_rss_gib(),
-        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None,
-        "zero_std": statistics.mean(e.get("frac_reward_zero_std", 0.0) for e in logs),
-        "zero_after": statistics.mean(
-            e.get("dynamic_sampling/uninformative_after", e.get("frac_reward_zero_std", 0.0)) for e in logs
-        ),
-    }
-
-
-def grpo_case(case: dict) -> dict:
-    """A GRPO configuration on the tiny or the embedded model: plain TRL, or ours from its fields or the recipe."""
-    import torch
-    import trl
-
-    from trl_smallrl import configs, grpo, rewards
-    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
-    from trl_smallrl.models import prepare_model_args, resolve_model
-    from trl_smallrl.recipe import parse_recipe
-    from trl_smallrl.tasks import build_dataset
-
-    rewards.register_reward("first_token", lambda **params: FirstTokenReward())
-    work = Path(case["work_dir"])
-    model_path = case.get("model_path") or resolve_model(case["model"])
-    if case["trainer"] == "recipe":  # the embedded recipe as users run it, on the model the case names
-        argv = ["--config", str(GRPO_RECIPE), "--model_name_or_path", model_path, "--output_dir", str(work / "out"),
-                "--max_steps", str(case["steps"]), "--save_strategy", "no", "--report_to", "none",
-                *case.get("overrides", [])]  # fmt: skip
-        script, training, model_args = parse_recipe(
-            (configs.GRPOScriptArguments, configs.GRPOConfig, trl.ModelConfig), argv
-        )
-        trainer = grpo.build_trainer(script, training, model_args, trainer_class=_timed(SmallRLGRPOTrainer))
-        return _train_timed(trainer, case.get("warmup_steps", 1))
-    length = case["completion_length"]
-    common = dict(
-        output_dir=str(work / "out"),
-        max_steps=case["steps"],
-        per_device_train_batch_size=case["batch"],
-        num_generations=case["num_generations"],
-        max_completion_length=length,
-        learning_rate=1e-5,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=not torch.cuda.is_available(),
-        **case.get("config", {}),
-    )
-    if case.get("fixed_length", True):
-        common["generation_kwargs"] = {"min_new_tokens": length}  # fixed lengths: both sides do the same work
-    script = configs.GRPOScriptArguments(
-        task="knights_knaves",
-        levels=[2, 3],
-        train_size=64,
-        eval_size=4,
-        reward_funcs=case.get("rewards", ["format", "accuracy"]),
-        curriculum=case.get("curriculum", "sequential"),
-    )
-    model_args = trl.ModelConfig(model_name_or_path=model_path, dtype=case.get("dtype", "float32"))
-    model_args.use_peft = case.get("lora_r") is not None
-    if model_args.use_peft:
-        model_args.lora_r, model_args.lora_alpha = case["lora_r"], 2 * case["lora_r"]
-        model_args.lora_target_modules = "all-linear"
-    if case["trainer"] == "ours":
-        training = configs.GRPOConfig(**common)
-        trainer = grpo.build_trainer(script, training, model_args, trainer_class=_timed(SmallRLGRPOTrainer))
-    else:
-        training = trl.GRPOConfig(**common)
-        prepare_model_args(model_args, training)
-        trainer = _timed(trl.GRPOTrainer)(
-            model=model_args.model_name_or_path,
-            reward_funcs=rewards.get_reward_funcs(script.reward_funcs, **vars(script)),
-            args=training,
-            train_dataset=build_dataset(script, "train"),
-            peft_config=trl.get_peft_config(model_args),
-        )
-    if torch.cuda.is_available() and case.get("gpu_cap_gib"):
-        total = torch.cuda.get_device_properties(0).total_memory / 1024**3
-        torch.cuda.set_per_process_memory_fraction(min(1.0, case["gpu_cap_gib"] / total))
-        torch.cuda.reset_peak_memory_stats()
-    result = _train_timed(trainer, case.get("warmup_steps", 1))
-    result["gradient_checkpointing"] = bool(training.gradient_checkpointing)
-    return result
-
-
-def _embedded_model_and_prompts(levels: list[int], per_level: int, split: str = "train"):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_smallrl.models import DEFAULT_MODEL, resolve_model
-    from trl_smallrl.tasks import get_task
-
-    path = resolve_model(DEFAULT_MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    task = get_task("knights_knaves")
-    rows = [row for level in levels for row in task.generate_rows(level, per_level, seed=0, split=split)]
-    ids = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True)["input_ids"] for r in rows]
-    return model, tokenizer, ids
-
-
-def _generate_rows(model, tokenizer, prompt_ids, num_samples, max_new_tokens, fixed, temperature=1.0, top_p=1.0):
-    """transformers' `generate` on left-padded prompts, each sampled `num_samples` times: the completions' ids."""
-    import torch
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens if fixed else None, num_return_sequences=num_samples,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + list(p) for p in prompt_ids])
-    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompt_ids])[:, None]).long()
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    completions = []
-    for row in out[:, width:].tolist():
-        end = next((i + 1 for i, t in enumerate(row) if t == tokenizer.eos_token_id), len(row))
-        completions.append(row[:end])
-    return completions
-
-
-def generation_case(case: dict) -> dict:
-    """Goal 2: rollouts of the recipe's shape (prompts x 4 samples, 128 new tokens each, fixed) by one backend."""
-    import torch
-
-    from trl_smallrl.generation import sample_tokens
-
-    model, tokenizer, ids = _embedded_model_and_prompts([2], case["prompts"])
-    torch.manual_seed(0)
-    times = []
-    for _ in range(2):
-        if case["backend"] == "sample_tokens":
-            rows = [p for p in ids for _ in range(4)]
-            times.append(_seconds(lambda rows=rows: sample_tokens(
-                model, rows, max_new_tokens=128, eos_ids=[], pad_id=tokenizer.pad_token_id)))  # fmt: skip
-        else:
-            times.append(_seconds(lambda: _generate_rows(model, tokenizer, ids, 4, 128, fixed=True)))
-    return {"seconds": min(times), "tokens": len(ids) * 4 * 128, "peak_rss_gib": _peak_rss_gib()}
-
-
-def eval_case(case: dict) -> dict:
-    """Goal 3: 25 held-out K&K prompts (5 a level, 2-6 people) x 4 samples of at most 384 tokens, as the eval
-    recipe samples them (temperature 0.7, top_p 0.95), with one backend."""
-    import torch
-
-    from trl_smallrl.generation import sample_tokens
-
-    model, tokenizer, ids = _embedded_model_and_prompts([2, 3, 4, 5, 6], 5, split="eval")
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    if case["backend"] == "sample_tokens":
-        rows = [p for p in ids for _ in range(4)]
-        completions = sample_tokens(model, rows, max_new_tokens=384, eos_ids=[tokenizer.eos_token_id],
-                                    pad_id=tokenizer.pad_token_id, temperature=0.7, top_p=0.95)  # fmt: skip
-    else:  # the eval's former path: transformers' generate, 5 prompts a call
-        completions = []
-        for start_row in range(0, len(ids), 5):
-            completions += _generate_rows(model, tokenizer, ids[start_row : start_row + 5], 4, 384, fixed=False,
-                                          temperature=0.7, top_p=0.95)  # fmt: skip
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "completions": len(completions), "tokens": sum(len(c) for c in completions),
-            "peak_rss_gib": _peak_rss_gib()}  # fmt: skip
-
-
-def sft_case(case: dict) -> dict:
-    """Goal 4: the SFT warm-up recipe for a few steps with given overrides: tokens per second and losses."""
-    from trl_smallrl import sft
-
-    step_times: list[float] = []
-    build = sft.build_trainer
-
-    def timed_build(*args):
-        trainer = build(*args)
-        trainer.add_callback(step_clock(step_times))
-        return trainer
-
-    sft.build_trainer = timed_build  # this subprocess only: the run loop builds the trainer
-    argv = ["--config", str(SFT_RECIPE), "--output_dir", str(Path(case["work_dir"]) / "out"), "--max_steps",
-            str(case["steps"]), "--logging_steps", "1", "--save_strategy", "no", *case["overrides"]]  # fmt: skip
-    trainer = sft.train(argv)
-    logs = [e for e in trainer.state.log_history if "loss" in e]
-    tokens = [e["num_tokens"] for e in logs]
-    return {"seconds": sum(step_times), "tokens": tokens[-1], "losses": [e["loss"] for e in logs],
-            "peak_rss_gib": _peak_rss_gib()}  # fmt: skip
-
-
-CASE_KINDS = {"grpo": grpo_case, "generation": generation_case, "eval": eval_case, "sft": sft_case}
-
-
-def spawn(case: dict) -> dict:
-    """Run one case in a fresh Python process and return its result."""
-    with tempfile.TemporaryDirectory() as work:
-        case = {**case, "work_dir": work}
-        spec = Path(work) / "case.json"
-        spec.write_text(json.dumps(case))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-               **case.get("env", {})}  # fmt: skip
-        proc = subprocess.run(
-            [sys.executable, "-m", "tools.bench", "--case", str(spec)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench case {case['name']} failed:\n{proc.stderr[-3000:]}")
-        return json.loads((Path(work) / "result.json").read_text())
-
-
 # --------------------------------------------------------------------------------------------------- sections
-def limits_section(peaks: dict[str, float], bandwidth: float) -> str:
-    n = bf16_matmul_size()
-    return "\n".join(
-        [
-            "## 0. This machine's limits",
-            "",
-            f"Matmul (2048^3, all cores): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} GFLOP/s"
-            f"{'' if n == 2048 else f' ({n}^3: emulated in software)'}. "
-            f"Memory read: {bandwidth:.1f} GB/s.",
-            "",
-        ]
-    )
-
-
 def overhead_section(tiny_model: str, repeats: int) -> str:
     base = dict(kind="grpo", model_path=tiny_model, batch=16, num_generations=4, completion_length=32, steps=12,
                 warmup_steps=2)  # fmt: skip
@@ -475,19 +120,29 @@ def generation_goal_section(peaks: dict[str, float], bandwidth: float) -> tuple[
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     shares = {}
+    from trl_smallrl.precision import cpu_info
+
+    # bf16 matmuls over float32 weights, as a run under bf16 autocast samples: only where the CPU runs bf16 natively
+    backends = ("generate", "sample_tokens", *(("sample_tokens bf16",) if cpu_info().native_bf16 else ()))
     for prompts in (2, 8):
         rows = prompts * 4
         step_bound = max(weight_bytes / (bandwidth * 1e9), 2 * params * rows / (peaks["float32"] * 1e9))
         bound = rows / step_bound
-        for backend in ("generate", "sample_tokens"):
-            r = spawn({"kind": "generation", "name": f"gen-{backend}-{rows}", "backend": backend, "prompts": prompts})
+        for backend in backends:
+            name = f"gen-{backend.replace(' ', '-')}-{rows}"
+            r = spawn({"kind": "generation", "name": name, "backend": backend, "prompts": prompts})
             rate = r["tokens"] / r["seconds"]
             shares[(rows, backend)] = rate / bound
             lines.append(
                 f"| {rows} ({prompts} x 4) | `{backend}` | {r['seconds']:.1f} | {rate:.0f} | {bound:.0f} | "
                 f"{rate / bound:.0%} | {r['peak_rss_gib']:.1f} |"
             )
-    lines += ["", "The recipe samples 8 rows a step (goal: >= 50% of the bound at the recipe's batch).", ""]
+    lines += [
+        "",
+        "The recipe samples 32 rows a step (8 prompts x 4). The bound is float32's; `sample_tokens bf16` (the "
+        "rollouts of a run under bf16 autocast, on a CPU with native bf16 only) may pass it.",
+        "",
+    ]
     return "\n".join(lines), {"goal2_share": shares[(8, "sample_tokens")]}
 
 
@@ -624,7 +279,8 @@ def gpu_section() -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tools.architectures import architecture_config
-    from trl_smallrl.models import DEFAULT_MODEL, resolve_model
+    from trl_smallrl.embedded import DEFAULT_MODEL
+    from trl_smallrl.models import resolve_model
 
     lines = [
         header,
@@ -656,9 +312,8 @@ def gpu_section() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every benchmark and write docs/BENCHMARKS.md (or run one case, for the subprocesses)."""
+    """Run every benchmark and write docs/BENCHMARKS.md (each case in its own process, `tools.bench_cases`)."""
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=main.__doc__)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per trainer for the overhead")
     parser.add_argument("--grpo-steps", type=int, default=4, help="steps per embedded GRPO case (first is warm-up)")
@@ -668,12 +323,6 @@ def main(argv: list[str] | None = None) -> None:
                                                       "dynamic", "gpu"],
                         help="run these sections only (beside the machine's limits) and print them")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.case:
-        case = json.loads(Path(args.case).read_text())
-        result = CASE_KINDS[case["kind"]](case)
-        (Path(case["work_dir"]) / "result.json").write_text(json.dumps(result))
-        return
-
     from trl_smallrl.testing import save_tiny_model
 
     started = time.perf_counter()

@@ -50,7 +50,8 @@ def _random_model(model_id: str, folder: Path) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tools.architectures import architecture_config
-    from trl_smallrl.models import DEFAULT_MODEL, resolve_model
+    from trl_smallrl.embedded import DEFAULT_MODEL
+    from trl_smallrl.models import resolve_model
 
     if not (folder / "config.json").is_file():
         AutoModelForCausalLM.from_config(architecture_config(model_id)).save_pretrained(folder)

@@ -20,9 +20,10 @@ from typing import Any
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.evaluation import ALL_LEVELS, level_order
 from trl_smallrl.recipe import parse_recipe
-from trl_smallrl.tasks import build_dataset, get_task
+from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves import parse_roles
 from trl_smallrl.tasks.knights_knaves_logic import Roles
+from trl_smallrl.tasks.rows import build_dataset
 
 
 def assigned_roles(answer: str | None, row: Mapping[str, Any]) -> list[bool] | None:

@@ -29,8 +29,8 @@ from typing import Any
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.evaluation import ALL_LEVELS, level_order
 from trl_smallrl.recipe import parse_recipe
-from trl_smallrl.tasks import build_dataset
 from trl_smallrl.tasks.knights_knaves_traces import write_trace
+from trl_smallrl.tasks.rows import build_dataset
 
 KINDS = ("exact", "misquote", "truth value", "step", "ended")
 _FIRST_ASSUMPTION = re.compile(r"Assume (.+?) is ")

@@ -26,7 +26,7 @@ def run(sft_dir: str | None, out: Path, grpo_steps: int) -> dict:
     from trl_smallrl.configs import DataArguments, EvalArguments
     from trl_smallrl.evaluation import evaluate, results_table
     from trl_smallrl.recipe import parse_recipe
-    from trl_smallrl.tasks import build_dataset
+    from trl_smallrl.tasks.rows import build_dataset
 
     times = {}
     if sft_dir is None:

@@ -15,6 +15,13 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 
+def plain_model(accelerator, model):
+    """`model` without its distributed wrapper and, under PEFT, without its adapter wrapper: the transformers model
+    whose layers a CPU rollout runs and whose forward TRL gave a fused LM head."""
+    unwrapped = accelerator.unwrap_model(model)
+    return unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
+
+
 def base_weight_name(name: str) -> str:
     """Name of a parameter in the plain base model (PEFT wraps targeted layers in `base_layer`)."""
     name = name.removeprefix("base_model.model.")

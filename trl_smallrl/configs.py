@@ -10,17 +10,20 @@ line that names the field, before any model loads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import trl
 
-from trl_smallrl.curriculum import validate_curriculum_args
 from trl_smallrl.errors import ConfigError, unknown_name
-from trl_smallrl.precision import CPUPrecisionArguments, use_cpu_without_accelerator
-from trl_smallrl.resets import parse_reset_phases
 
 # Counts a training run divides by or loops over: 0 or less fails deep inside TRL (a ZeroDivisionError).
 TRAINING_COUNTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+CURRICULUM_MODES = ("sequential", "mixed", "off")
+CPU_PRECISIONS = ("auto", "bf16", "fp32")  # how a CPU run treats the recipe's bf16 (`precision`)
+METRIC_MODES = ("max", "min")  # of a reset phase's `patience` metric
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def require_positive(config, *names: str) -> None:
@@ -55,6 +58,19 @@ class DataArguments(trl.ScriptArguments):
         default=None,
         metadata={"help": "Eval file/Hub dataset; default with `dataset_name`: its last eval_size rows a level."},
     )
+
+    def __post_init__(self):
+        if not isinstance(self.levels, list | tuple):
+            raise ConfigError(f"levels: {self.levels!r} must be a list of levels, e.g. levels: [{self.levels}].")
+        for name in ("train_size", "eval_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} rows per level; use 0 or more.")
+
+
+@dataclass
+class CurriculumArguments:
+    """How a GRPO run moves through the levels (`curriculum.Curriculum`); SFT and eval take no curriculum."""
+
     curriculum: str = field(
         default="sequential",
         metadata={"help": "sequential: level by level as accuracy rises; mixed: all levels from the start; off."},
@@ -73,17 +89,22 @@ class DataArguments(trl.ScriptArguments):
     )
 
     def __post_init__(self):
-        if not isinstance(self.levels, list | tuple):
-            raise ConfigError(f"levels: {self.levels!r} must be a list of levels, e.g. levels: [{self.levels}].")
-        for name in ("train_size", "eval_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: {getattr(self, name)} rows per level; use 0 or more.")
-        validate_curriculum_args(self)
+        if self.curriculum not in CURRICULUM_MODES:
+            raise unknown_name("curriculum", self.curriculum, CURRICULUM_MODES)
+        if not 0.0 <= self.curriculum_threshold <= 1.0:
+            raise ConfigError(f"curriculum_threshold: {self.curriculum_threshold} is not an accuracy; use 0.0 to 1.0.")
+        if self.curriculum_window < 1:
+            raise ConfigError(f"curriculum_window: {self.curriculum_window} prompts; use at least 1.")
+        if self.curriculum_max_steps < 0:
+            raise ConfigError(f"curriculum_max_steps: {self.curriculum_max_steps}; use 0 (no limit) or more steps.")
+        if not 0.0 <= self.curriculum_replay < 1.0:
+            raise ConfigError(f"curriculum_replay: {self.curriculum_replay} is not a fraction; use 0.0 <= x < 1.0.")
 
 
 @dataclass
-class GRPOScriptArguments(DataArguments):
-    """The rewards of a GRPO run (names from `trl_smallrl.rewards.REWARDS`) and their parameters.
+class GRPOScriptArguments(CurriculumArguments, DataArguments):
+    """The rows, curriculum and rewards of a GRPO run (names from `trl_smallrl.rewards.REWARDS`) and the rewards'
+    parameters.
 
     Weights are TRL's `reward_weights`. Parameter names follow open-r1 where it has them.
     """
@@ -113,7 +134,8 @@ class GRPOScriptArguments(DataArguments):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        DataArguments.__post_init__(self)
+        CurriculumArguments.__post_init__(self)
         for name in (
             "cosine_min_value_wrong",
             "cosine_max_value_wrong",
@@ -123,6 +145,85 @@ class GRPOScriptArguments(DataArguments):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}: {getattr(self, name)} is not a finite reward; use a number such as -1.0.")
         require_positive(self, "cosine_max_len")
+
+
+@dataclass
+class CPUPrecisionArguments:
+    """How a training run on a CPU treats the recipe's bf16 (decided at launch by `precision`)."""
+
+    cpu_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "On a CPU: auto (bf16 only where the processor runs it natively, else float32) | bf16 (keep the "
+            "recipe's bf16 even where it is emulated, much slower) | fp32. A GPU always keeps the recipe's choice."
+        },
+    )
+
+    def validate_cpu_precision(self) -> None:
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise unknown_name("cpu_precision", self.cpu_precision, CPU_PRECISIONS)
+
+
+@dataclass(frozen=True)
+class ResetPhase:
+    """One hard reset (`resets`): when it fires (`at_step` or `patience`) and what the phase it starts changes."""
+
+    at_step: int | None = None
+    patience: int | None = None
+    metric: str = "eval_reward"
+    mode: str = "max"
+    temperature: float | None = None
+    top_p: float | None = None
+    max_completion_length: int | None = None
+    learning_rate: float | None = None
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_target_modules: list[str] | str | None = None
+
+
+_PHASE_KEYS = tuple(f.name for f in fields(ResetPhase))
+
+
+def parse_reset_phases(value: Any) -> list[ResetPhase]:
+    """Validate the recipe's `resets` (a YAML list, or a JSON/YAML string from the command line)."""
+    import yaml
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"resets: {value!r} is not a YAML/JSON list; e.g. '[{{at_step: 100}}]'.") from err
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"resets: {value!r} must be a list of phases, e.g. [{{at_step: 100, temperature: 1.1}}].")
+    phases = []
+    for index, item in enumerate(value):
+        where = f"resets[{index}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where}: {item!r} must be a mapping such as {{at_step: 100, temperature: 1.1}}.")
+        unknown = sorted(set(item) - set(_PHASE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(_PHASE_KEYS)}.")
+        if (item.get("at_step") is None) == (item.get("patience") is None):
+            raise ConfigError(f"{where}: {dict(item)!r} needs exactly one trigger, `at_step: N` or `patience: P`.")
+        for key in ("at_step", "patience", "max_completion_length", "lora_r", "lora_alpha"):
+            if item.get(key) is not None and (not isinstance(item[key], int) or item[key] < 1):
+                raise ConfigError(f"{where}.{key}: {item[key]!r} must be a positive integer.")
+        for key in ("temperature", "top_p", "learning_rate"):
+            if item.get(key) is not None and (not isinstance(item[key], int | float) or item[key] <= 0):
+                raise ConfigError(f"{where}.{key}: {item[key]!r} must be a positive number.")
+        if item.get("top_p") is not None and item["top_p"] > 1:
+            raise ConfigError(f"{where}.top_p: {item['top_p']!r} must be in (0, 1].")
+        if item.get("mode", "max") not in METRIC_MODES:
+            raise ConfigError(f"{where}.mode: {item['mode']!r} must be one of {', '.join(METRIC_MODES)}.")
+        phases.append(ResetPhase(**item))
+    steps = [p.at_step for p in phases if p.at_step is not None]
+    if steps != sorted(set(steps)):
+        raise ConfigError(f"resets: the at_step triggers {steps} must increase from one phase to the next.")
+    return phases
 
 
 DYNAMIC_SAMPLING_MODES = ("none", "mask", "resample")
@@ -167,7 +268,6 @@ class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
     )
 
     def __post_init__(self):
-        use_cpu_without_accelerator(self)
         self.validate_cpu_precision()
         if self.dynamic_sampling not in DYNAMIC_SAMPLING_MODES:
             raise unknown_name("dynamic_sampling", self.dynamic_sampling, DYNAMIC_SAMPLING_MODES)
@@ -220,13 +320,9 @@ class SFTConfig(CPUPrecisionArguments, trl.SFTConfig):
     )
 
     def __post_init__(self):
-        use_cpu_without_accelerator(self)
         self.validate_cpu_precision()
         require_positive(self, *TRAINING_COUNTS, "max_length")
         super().__post_init__()
-
-
-EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass

@@ -26,26 +26,12 @@ from typing import Any
 from torch.utils.data import Sampler
 
 from trl_smallrl import atomic
+from trl_smallrl.configs import CURRICULUM_MODES
 from trl_smallrl.errors import ConfigError, unknown_name
 
 logger = logging.getLogger(__name__)
 
-MODES = ("sequential", "mixed", "off")
 STATE_FILE = "curriculum_state.json"
-
-
-def validate_curriculum_args(args) -> None:
-    """One-line errors for the curriculum fields of `DataArguments`."""
-    if args.curriculum not in MODES:
-        raise unknown_name("curriculum", args.curriculum, MODES)
-    if not 0.0 <= args.curriculum_threshold <= 1.0:
-        raise ConfigError(f"curriculum_threshold: {args.curriculum_threshold} is not an accuracy; use 0.0 to 1.0.")
-    if args.curriculum_window < 1:
-        raise ConfigError(f"curriculum_window: {args.curriculum_window} prompts; use at least 1.")
-    if args.curriculum_max_steps < 0:
-        raise ConfigError(f"curriculum_max_steps: {args.curriculum_max_steps}; use 0 (no limit) or more steps.")
-    if not 0.0 <= args.curriculum_replay < 1.0:
-        raise ConfigError(f"curriculum_replay: {args.curriculum_replay} is not a fraction; use 0.0 <= x < 1.0.")
 
 
 class Curriculum:
@@ -65,8 +51,8 @@ class Curriculum:
             raise ConfigError("levels: the curriculum needs at least one level, e.g. [2, 3, 4, 5, 6].")
         if len(set(levels)) != len(levels):
             raise ConfigError(f"levels: {list(levels)} repeats a level; list each level once, easiest first.")
-        if mode not in MODES:
-            raise unknown_name("curriculum", mode, MODES)
+        if mode not in CURRICULUM_MODES:
+            raise unknown_name("curriculum", mode, CURRICULUM_MODES)
         self.levels = [int(level) for level in levels]
         self.mode, self.threshold, self.window = mode, float(threshold), int(window)
         self.max_steps_per_level, self.replay_fraction = int(max_steps_per_level), float(replay_fraction)
@@ -79,7 +65,7 @@ class Curriculum:
 
     @classmethod
     def from_args(cls, data_args, levels: Sequence[int] | None = None, seed: int = 0) -> Curriculum:
-        """A curriculum from the `curriculum*` fields of `configs.DataArguments`."""
+        """A curriculum from the `curriculum*` fields of `configs.CurriculumArguments` (a GRPO recipe's)."""
         return cls(
             levels=levels if levels is not None else data_args.levels,
             mode=data_args.curriculum,

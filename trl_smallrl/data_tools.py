@@ -21,7 +21,8 @@ from trl_smallrl.cli import CommandParser
 from trl_smallrl.configs import DataArguments
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.generation import SamplingSettings
-from trl_smallrl.tasks import TASKS, Task, build_rows, get_task, read_file_records, rows_from_records
+from trl_smallrl.tasks import TASKS, Task, get_task
+from trl_smallrl.tasks.rows import build_rows, read_file_records, rows_from_records
 from trl_smallrl.teacher import teacher_traces
 
 

@@ -65,7 +65,7 @@ def check_vllm_installed(training_args) -> None:
 def check_engine_combinations(training_args, model_args) -> None:
     """Refuse, before any model loads, what cannot train right under this launch's engine (module docstring).
 
-    Call it after `models.prepare_model_args` resolved the model path and decided the precision.
+    Call it after `run.prepare_model_args` resolved the model path and decided the precision.
     """
     name = engine(training_args)
     dtype = model_args.dtype

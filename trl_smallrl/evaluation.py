@@ -29,7 +29,8 @@ from trl_smallrl.generation import Completion, SamplingSettings, sample
 from trl_smallrl.models import public_model_id
 from trl_smallrl.pass_rates import mean_interval, pass_at_k
 from trl_smallrl.recipe import parse_recipe
-from trl_smallrl.tasks import build_dataset, get_task
+from trl_smallrl.tasks import get_task
+from trl_smallrl.tasks.rows import build_dataset
 
 ALL_LEVELS = "all"
 

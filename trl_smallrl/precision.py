@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from trl_smallrl.configs import CPU_PRECISIONS
 from trl_smallrl.errors import ConfigError, unknown_name
 
 logger = logging.getLogger(__name__)
 
-CPU_PRECISIONS = ("auto", "bf16", "fp32")
 # Weights that may load in half precision: `auto` takes the checkpoint's dtype, bf16 for most Hub models.
 HALF_WEIGHTS = ("bfloat16", "float16", "auto")
 EMULATED_COST = "emulated in software there, tens of times slower than float32"
@@ -104,17 +104,16 @@ def _asked(args, dtype: str) -> str:
     return f"{autocast}, {dtype} weights"
 
 
-def use_cpu_without_accelerator(config) -> None:
-    """Let a recipe run unchanged on a machine without a GPU, and never on the CPU by accident.
-
-    TRL's configs default to bf16, which transformers refuses on CPU unless `use_cpu` is set. We set `use_cpu`
-    here, before TRL validates the config; whether bf16 then stays on is decided at launch from the processor
-    (`decide_training_precision`: only where the CPU runs bf16 natively). A machine whose GPUs `nvidia-smi` lists
-    but torch cannot use (a CPU-only torch build, a driver mismatch) would silently train on the CPU, days
-    slower: that is refused, unless the recipe asks for the CPU itself (`use_cpu: true`).
+def use_cpu_default(asked: bool) -> bool:
+    """The `use_cpu` of a training recipe that does not set it (`recipe.parse_recipe`): True where torch sees no
+    accelerator, so that a recipe runs unchanged on a CPU (TRL's configs default to bf16, which transformers refuses
+    on a CPU unless `use_cpu` is set; whether bf16 then stays on is decided at launch, `decide_training_precision`:
+    only where the CPU runs bf16 natively). A machine whose GPUs `nvidia-smi` lists but torch cannot use (a CPU-only
+    torch build, a driver mismatch) would silently train on the CPU, days slower: that is refused, unless the
+    recipe asks for the CPU itself (`asked`: `use_cpu: true`).
     """
-    if config.use_cpu or accelerator_name() is not None:
-        return
+    if asked or accelerator_name() is not None:
+        return asked
     gpus = nvidia_smi_gpus()
     if gpus:
         import torch
@@ -124,7 +123,7 @@ def use_cpu_without_accelerator(config) -> None:
             "(a CPU-only build, or a driver too old for its CUDA); install a CUDA build of torch (`pip install "
             "torch`), or set use_cpu: true to train on the CPU on purpose."
         )
-    config.use_cpu = True
+    return True
 
 
 def nvidia_smi_gpus() -> list[str]:
@@ -143,23 +142,6 @@ def nvidia_smi_gpus() -> list[str]:
         if listed.returncode == 0
         else []
     )
-
-
-@dataclass
-class CPUPrecisionArguments:
-    """How a training run on a CPU treats the recipe's bf16 (see `trl_smallrl.precision`)."""
-
-    cpu_precision: str = field(
-        default="auto",
-        metadata={
-            "help": "On a CPU: auto (bf16 only where the processor runs it natively, else float32) | bf16 (keep the "
-            "recipe's bf16 even where it is emulated, much slower) | fp32. A GPU always keeps the recipe's choice."
-        },
-    )
-
-    def validate_cpu_precision(self) -> None:
-        if self.cpu_precision not in CPU_PRECISIONS:
-            raise unknown_name("cpu_precision", self.cpu_precision, CPU_PRECISIONS)
 
 
 def decide_training_precision(training_args, model_args) -> str:
@@ -209,7 +191,7 @@ def decide_training_precision(training_args, model_args) -> str:
 
 
 def decode_compute_dtype(name: str = "auto"):
-    """The dtype a CPU decode computes in over float32 weights (`generation.sample_tokens`'s `compute_dtype`; None:
+    """The dtype a CPU decode computes in over float32 weights (`decoding.sample_tokens`'s `compute_dtype`; None:
     the weights' own): for `auto`, bfloat16 where the processor runs it natively, as training's bf16 autocast does
     there (the embedded model decodes 1.4-1.6x faster on a 2-core AMD EPYC with AVX512-BF16), else float32."""
     import torch

@@ -23,6 +23,7 @@ from trl import TrlParser
 
 from trl_smallrl import atomic
 from trl_smallrl.errors import ConfigError
+from trl_smallrl.precision import use_cpu_default
 from trl_smallrl.redaction import redact_secrets
 
 RESOLVED_CONFIG_FILE = "smallrl_config.json"
@@ -55,6 +56,8 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         check_recipe_values(recipe, dataclass_types)
     known = _field_names(dataclass_types)
     parser = TrlParser(dataclass_types)
+    if "use_cpu" in known:  # a training run: the machine decides where it trains unless the recipe says
+        parser.set_defaults(use_cpu=use_cpu_default(_asks_for_the_cpu(recipe, argv)))
     try:
         *parsed, config_rest, cli_rest = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -74,6 +77,19 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
             hint = f" Did you mean {close[0]!r}?" if close else " `--help` lists every option."
             raise ConfigError(f"{source}: unknown key {key!r}.{hint}")
     return tuple(parsed)
+
+
+def _asks_for_the_cpu(recipe: Path | None, argv: Sequence[str]) -> bool:
+    """Whether the recipe or the command line sets `use_cpu: true` (the command line wins)."""
+    asked = recipe is not None and str(read_recipe(recipe).get("use_cpu")).lower() in ("true", "1", "yes")
+    for index, item in enumerate(argv):
+        key, _, value = item.partition("=")
+        if key in ("--use_cpu", "--use-cpu"):
+            if not value:
+                following = argv[index + 1] if index + 1 < len(argv) else ""
+                value = "true" if not following or following.startswith("--") else following
+            asked = value.lower() in ("true", "1", "yes")
+    return asked
 
 
 def read_recipe(path: Path) -> dict:

@@ -37,7 +37,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,75 +45,13 @@ from transformers import TrainerCallback
 
 from trl_smallrl import atomic
 from trl_smallrl.adapters import base_weight_name, merge_adapter_float32
+from trl_smallrl.configs import ResetPhase
 from trl_smallrl.errors import ConfigError
 from trl_smallrl.models import MERGED_BASE_FILE
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "smallrl_resets.json"
-METRIC_MODES = ("max", "min")
-
-
-@dataclass(frozen=True)
-class ResetPhase:
-    """One reset: when it fires (`at_step` or `patience`) and what the phase it starts changes."""
-
-    at_step: int | None = None
-    patience: int | None = None
-    metric: str = "eval_reward"
-    mode: str = "max"
-    temperature: float | None = None
-    top_p: float | None = None
-    max_completion_length: int | None = None
-    learning_rate: float | None = None
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_target_modules: list[str] | str | None = None
-
-
-_PHASE_KEYS = tuple(f.name for f in fields(ResetPhase))
-
-
-def parse_reset_phases(value: Any) -> list[ResetPhase]:
-    """Validate the recipe's `resets` (a YAML list, or a JSON/YAML string from the command line)."""
-    import yaml
-
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"resets: {value!r} is not a YAML/JSON list; e.g. '[{{at_step: 100}}]'.") from err
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list):
-        raise ConfigError(f"resets: {value!r} must be a list of phases, e.g. [{{at_step: 100, temperature: 1.1}}].")
-    phases = []
-    for index, item in enumerate(value):
-        where = f"resets[{index}]"
-        if not isinstance(item, Mapping):
-            raise ConfigError(f"{where}: {item!r} must be a mapping such as {{at_step: 100, temperature: 1.1}}.")
-        unknown = sorted(set(item) - set(_PHASE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(_PHASE_KEYS)}.")
-        if (item.get("at_step") is None) == (item.get("patience") is None):
-            raise ConfigError(f"{where}: {dict(item)!r} needs exactly one trigger, `at_step: N` or `patience: P`.")
-        for key in ("at_step", "patience", "max_completion_length", "lora_r", "lora_alpha"):
-            if item.get(key) is not None and (not isinstance(item[key], int) or item[key] < 1):
-                raise ConfigError(f"{where}.{key}: {item[key]!r} must be a positive integer.")
-        for key in ("temperature", "top_p", "learning_rate"):
-            if item.get(key) is not None and (not isinstance(item[key], int | float) or item[key] <= 0):
-                raise ConfigError(f"{where}.{key}: {item[key]!r} must be a positive number.")
-        if item.get("top_p") is not None and item["top_p"] > 1:
-            raise ConfigError(f"{where}.top_p: {item['top_p']!r} must be in (0, 1].")
-        if item.get("mode", "max") not in METRIC_MODES:
-            raise ConfigError(f"{where}.mode: {item['mode']!r} must be one of {', '.join(METRIC_MODES)}.")
-        phases.append(ResetPhase(**item))
-    steps = [p.at_step for p in phases if p.at_step is not None]
-    if steps != sorted(set(steps)):
-        raise ConfigError(f"resets: the at_step triggers {steps} must increase from one phase to the next.")
-    return phases
 
 
 def _peft_model(model):

@@ -20,8 +20,11 @@ from filelock import FileLock, Timeout
 from transformers import Trainer
 
 from trl_smallrl.checkpoints import resume_checkpoint
+from trl_smallrl.engines import check_engine_combinations
 from trl_smallrl.errors import ConfigError
+from trl_smallrl.models import resolve_model
 from trl_smallrl.monitors import CheckpointOnSignal
+from trl_smallrl.precision import decide_training_precision
 from trl_smallrl.recipe import parse_recipe, save_resolved_config
 from trl_smallrl.redaction import take_secrets_out
 from trl_smallrl.tracking import setup_tracking
@@ -29,6 +32,29 @@ from trl_smallrl.tracking import setup_tracking
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".smallrl-run.lock"
+
+
+def prepare_model_args(model_args, training_args) -> None:
+    """Resolve `model_args.model_name_or_path` in place and hand the recipe's loading options to TRL.
+
+    TRL's trainers load a model given by name with `args.model_init_kwargs`; we fill those from TRL's
+    `ModelConfig` (dtype, attention implementation, revision) exactly as TRL's own scripts do, after the
+    precision for this machine is decided (`precision.decide_training_precision`: no emulated bf16 on a CPU),
+    and refuse what cannot train right under the launch's engine (`engines.check_engine_combinations`).
+    """
+    decide_training_precision(training_args, model_args)
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    check_engine_combinations(training_args, model_args)
+    init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,  # on the training config since TRL 1.x
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    if training_args.distributed_state.distributed_type != "NO":
+        init_kwargs["device_map"] = None  # each process holds its own copy or shard; "auto" would spread one copy
+    init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = init_kwargs
 
 
 def train(

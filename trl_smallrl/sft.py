@@ -26,8 +26,9 @@ from trl_smallrl import run
 from trl_smallrl.checkpoints import AtomicCheckpointMixin
 from trl_smallrl.configs import SFTConfig, SFTScriptArguments
 from trl_smallrl.errors import ConfigError, entry_point
-from trl_smallrl.models import prepare_model_args
-from trl_smallrl.tasks import Task, build_dataset, get_task, read_file_records
+from trl_smallrl.run import prepare_model_args
+from trl_smallrl.tasks import Task, get_task
+from trl_smallrl.tasks.rows import build_dataset, read_file_records
 
 logger = logging.getLogger("trl_smallrl.sft")  # not __name__: it is "__main__" under `python -m`
 

@@ -75,7 +75,7 @@ def _split_forward(forward, config, input_ids, attention_mask, length, firsts, o
     import torch
     from transformers import DynamicCache
 
-    from trl_smallrl.generation import cache_keyword
+    from trl_smallrl.decoding import cache_keyword
 
     keyword = cache_keyword(forward)
     kwargs = {**kwargs, "use_cache": True}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trl_smallrl.models import DEFAULT_MODEL, resolve_model
+from trl_smallrl.embedded import DEFAULT_MODEL
+from trl_smallrl.models import resolve_model
 
 
 def save_tiny_model(

@@ -1,0 +1,123 @@
+"""GRPO rollouts and scoring on a CPU: the trainer's hooks where a CPU step spends its time.
+
+TRL's hooks this relies on (signatures pinned by tests/test_trl_hooks.py):
+- `_generate_single_turn`: text rollouts on a CPU run `decoding.sample_tokens` (the LoRA update added into the
+  base, matmuls in the training's autocast dtype) instead of transformers' `generate` (about twice its tokens a
+  second at 32 rows, measured on a 2-core AMD EPYC);
+- `_get_per_token_logps_and_entropies`: each group's shared prompt runs once (`shared_prefix`), since the training
+  forward and backward are most of a CPU step and the prompt about half of each row;
+- `_prepare_inputs`: TRL shuffles a new generation batch and cuts it into micro-batches (a new batch is seen as a
+  new `_buffered_inputs` object); where the loss allows it, the cut is redone so each micro-batch holds whole
+  groups (`whole_groups`), which is what lets prompts be shared. It reads TRL's `_buffered_inputs` and `_step`.
+GPUs, vLLM and multimodal rows keep TRL's own path.
+"""
+
+from __future__ import annotations
+
+import torch
+from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import split_tensor_dict
+
+from trl_smallrl.adapters import adapter_added_to_base, plain_model
+from trl_smallrl.decoding import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
+from trl_smallrl.shared_prefix import prefixes_shared
+
+
+def whole_groups(batches: list[dict]) -> list[dict]:
+    """The same rows cut into as many micro-batches again, with the rows of one prompt next to each other (TRL
+    shuffles a generation batch before it cuts it), so that a micro-batch holds whole groups when the group size
+    divides its size. Scalars (`num_items_in_batch`) are the generation batch's and stay as they are."""
+    prompts = torch.cat([torch.cat([batch["prompt_ids"], batch["prompt_mask"]], dim=1) for batch in batches])
+    order = torch.sort(torch.unique(prompts, dim=0, return_inverse=True)[1], stable=True).indices
+    merged = {}
+    for key, value in batches[0].items():
+        if isinstance(value, list):
+            items = [item for batch in batches for item in batch[key]]
+            merged[key] = [items[i] for i in order.tolist()]
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
+            merged[key] = torch.cat([batch[key] for batch in batches])[order.to(value.device)]
+        else:
+            merged[key] = value
+    return split_tensor_dict(merged, len(batches))
+
+
+class CPURolloutHooks:
+    """Mixin for `GRPOTrainer`: CPU rollouts through `sample_tokens`, and scoring with shared prompts."""
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if not self._samples_on_cpu(images, multimodal_fields):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as model,
+            torch.no_grad(),
+            adapter_added_to_base(model) as plain,
+        ):
+            completion_ids = sample_tokens(
+                plain,
+                prompt_ids,
+                max_new_tokens=self.max_completion_length,
+                eos_ids=self.eos_token_ids,
+                pad_id=self._tokenizer.pad_token_id,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k or 0,
+                compute_dtype=torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None,
+            )
+        return completion_ids, None  # as TRL's transformers path: no sampling log-probs
+
+    def _samples_on_cpu(self, images, multimodal_fields) -> bool:
+        """Whether this generation runs on `decoding.sample_tokens`: text rollouts on a CPU, without vLLM, with
+        only the sampling settings it reproduces (temperature, top-p, top-k); TRL's own path otherwise."""
+        if self.use_vllm or self.use_transformers_continuous_batching or self.accelerator.device.type != "cpu":
+            return False
+        if images or multimodal_fields or self.args.generation_kwargs:
+            return False
+        if self.min_p is not None or self.repetition_penalty not in (None, 1.0):
+            return False
+        return supports_sample_tokens(plain_model(self.accelerator, self.model))
+
+    def _prepare_inputs(self, generation_batch):
+        """TRL's; then, where `_get_per_token_logps_and_entropies` shares prompts, the new generation batch's
+        micro-batches cut again so that each holds whole groups (`whole_groups`). Only where one optimizer step
+        takes the whole generation batch and the loss sums over its micro-batches whatever their rows (not `bnpo`,
+        the entropy bonus or the entropy mask, which normalize or rank within each micro-batch)."""
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        regroup = (
+            self._buffered_inputs is not buffered  # TRL generated and cut a new generation batch
+            and self._shares_prompts(self.model)
+            and self.args.steps_per_generation == self.args.gradient_accumulation_steps > 1
+            and self.num_iterations == 1
+            and self.loss_type in ("grpo", "dr_grpo", "dapo", "cispo")
+            and not self._entropy_bonus_enabled
+            and self.top_entropy_quantile == 1.0
+        )
+        if regroup:
+            self._buffered_inputs = whole_groups(self._buffered_inputs)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """TRL's scoring; on a CPU, text-only, in the families whose cache tests check (`DECODER_FAMILIES`), the
+        prompt each group's completions share runs once (`shared_prefix`). GPUs keep TRL's own path."""
+        scoring = super()._get_per_token_logps_and_entropies
+        if kwargs.get("pixel_values") is not None or not self._shares_prompts(model):
+            return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        base = plain_model(self.accelerator, model)
+        with prefixes_shared(getattr(base, base.base_model_prefix)):
+            return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    def _shares_prompts(self, model) -> bool:
+        """Whether scoring `model` runs a group's shared prompt once: on a CPU, in the families whose cache the
+        tests check (`DECODER_FAMILIES`)."""
+        return (
+            self.accelerator.device.type == "cpu"
+            and plain_model(self.accelerator, model).config.model_type in DECODER_FAMILIES
+        )
