@@ -350,8 +350,8 @@ class EvalArguments:
     eval_dtype: str = field(
         default="auto",
         metadata={
-            "help": "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16 (on a CPU without "
-            "native support, half precision is emulated and warned about)."
+            "help": "auto (bfloat16 on GPU; on CPU float32 weights, bf16 matmuls where native) | float32 | bfloat16 | "
+            "float16 (on a CPU without native support, half precision is emulated and warned about)."
         },
     )
     eval_vllm_gpu_memory_utilization: float = field(
