@@ -91,3 +91,18 @@ def test_real_embedded_model_generates_text(embedded_model_dir, tokenizer):
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text
+
+
+def test_a_dora_adapter_folder_is_refused_not_merged_wrongly(tiny_model_dir, tmp_path):
+    """The float32 merge adds the low-rank product; DoRA's magnitude would be left out silently, so such an adapter
+    is refused by name, with the fix."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    dora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    dora.save_pretrained(tmp_path / "dora")
+    with pytest.raises(ConfigError, match="use_dora / lora_bias: .*use_dora: false") as err:
+        resolve_model(str(tmp_path / "dora"))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "dora" / "merged-float32" / "config.json").exists()

@@ -35,10 +35,10 @@ def run(sft_dir: str | None, out: Path, grpo_steps: int) -> dict:
         sft.train(["--config", str(RECIPES / "sft" / "kk_warmup.yaml"), "--output_dir", sft_dir,
                    "--max_steps", str(SFT_STEPS), "--save_strategy", "no"])  # fmt: skip
         times["sft_s"] = time.perf_counter() - started
-    probe = ["--levels", "2", "--train_size", str(PROMPTS), "--curriculum", "off"]
+    probe = ["--levels", "2", "--train_size", str(PROMPTS)]
     started = time.perf_counter()
     grpo.train(["--config", str(RECIPES / "grpo" / "kk_curriculum.yaml"), "--model_name_or_path", sft_dir,
-                "--output_dir", str(out / "grpo"), *probe, "--reward_funcs", "accuracy_binary",
+                "--output_dir", str(out / "grpo"), *probe, "--curriculum", "off", "--reward_funcs", "accuracy_binary",
                 "--reward_weights", "1.0", "--dynamic_sampling", "none", "--max_steps", str(grpo_steps),
                 "--gradient_accumulation_steps", str(PROMPTS),
                 "--save_strategy", "no"])  # fmt: skip

@@ -14,6 +14,8 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from trl_smallrl.errors import ConfigError
+
 
 def plain_model(accelerator, model):
     """`model` without its distributed wrapper and, under PEFT, without its adapter wrapper: the transformers model
@@ -42,6 +44,12 @@ def merge_adapter_float32(peft_model) -> set[str]:
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
+            if adapter in module.lora_magnitude_vector or module.lora_bias.get(adapter):
+                raise ConfigError(
+                    f"use_dora / lora_bias: the adapter {adapter!r} of {name} is DoRA or has a LoRA bias, whose update "
+                    "is not the low-rank product this float32 merge adds (an SFT adapter merged for GRPO, a hard "
+                    "reset, a CPU rollout); train it with use_dora: false and lora_bias: false."
+                )
             factors = (module.lora_A[adapter], module.lora_B[adapter])
             dtypes = [factor.weight.dtype for factor in factors]
             with torch.no_grad():

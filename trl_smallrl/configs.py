@@ -2,9 +2,10 @@
 
 A recipe is one flat YAML mapping, as in open-r1; each key belongs to exactly one dataclass that an entry point
 parses: TRL's `ModelConfig`, our subclasses of TRL's training configs (`GRPOConfig`, `SFTConfig`), and the
-argument classes of the data (`DataArguments` and its GRPO and SFT extensions) and of evaluation
-(`EvalArguments`). Each validates its own fields in `__post_init__`, so a mistake fails at parse time with one
-line that names the field, before any model loads.
+argument classes of the data (`DataArguments` and its GRPO and SFT extensions, GRPO's with its
+`CurriculumArguments`) and of evaluation (`EvalArguments`). Each validates its own fields in `__post_init__`, so a
+mistake fails at parse time with one line that names the field, before any model loads. They hold values only:
+what the machine decides (`use_cpu`'s default, the precision) is decided when a recipe is parsed or a run starts.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
 
 @dataclass
 class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
-    """TRL's `GRPOConfig` plus what trl-smallrl adds (dynamic sampling, curriculum, monitors, resets)."""
+    """TRL's `GRPOConfig` plus what trl-smallrl adds (dynamic sampling, monitors, resets)."""
 
     dynamic_sampling: str = field(
         default="none",

@@ -257,9 +257,8 @@ def _lm_head(model, dtype):
 
     head = model.get_output_embeddings()
     if head.weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return lambda hidden: torch.nn.functional.linear(
-            hidden.to(dtype), head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype)
-        )
+        weight, bias = head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype)  # cast once a call
+        return lambda hidden: torch.nn.functional.linear(hidden.to(dtype), weight, bias)
     import torch.utils.mkldnn
 
     linear = torch.nn.utils.skip_init(torch.nn.Linear, head.in_features, head.out_features, bias=head.bias is not None)

@@ -12,13 +12,16 @@ A training step, top to bottom, and the module that acts at each point:
 2. `_prepare_inputs` (`grpo_rollouts`): when a new generation batch is due, TRL's `_generate_and_score_completions`
    runs, which is
    a. `_generate_single_turn` (`grpo_rollouts`): on a CPU, `decoding.sample_tokens` samples the group's
-      completions, the LoRA update added into the base;
+      completions, the LoRA update added into the base; where TRL needs old or reference log-probs (beta > 0, or
+      a generation batch for several optimizer steps) it scores them here through `_get_per_token_logps_and_entropies` (step 3's);
    b. `_calculate_rewards`: `grpo_health` puts the template's `<think>` prefill back, calls TRL's reward functions,
       stops on a NaN or inf reward and keeps the health table (correctness by the task's verifier, think length,
       ...); then `grpo_curriculum` gives each prompt's accuracy to the curriculum, which may move up a level;
    c. TRL's advantages; then `grpo_dynamic_sampling` masks the groups that are all right or all wrong, or
-      replaces them with groups of fresh prompts from the curriculum's draw.
-   TRL shuffles and cuts the batch into micro-batches; `grpo_rollouts` cuts it again into whole groups.
+      replaces them with groups of fresh prompts (the curriculum's draw, else seeded by step), each extra round
+      running a-c again (its health metrics and curriculum update included).
+   TRL shuffles and cuts the batch into micro-batches; where the loss allows it (on a CPU, one optimizer step a
+   generation batch, a loss that sums over micro-batches), `grpo_rollouts` cuts it again into whole groups.
 3. `compute_loss` (`grpo_health`: a NaN or inf loss on any rank stops all, before the backward pass) ->
    `_compute_loss` (`grpo_dynamic_sampling`: row-mean losses without the masked rows) ->
    `_get_per_token_logps_and_entropies` (`grpo_rollouts`: on a CPU each group's prompt runs once).

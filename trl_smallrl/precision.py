@@ -12,7 +12,8 @@ once at launch from what the processor has:
   unless the recipe insists with `cpu_precision: bf16`, which is warned about with its cost.
 
 One log line says what was found, what was chosen and how to change it. Evaluation and the teacher follow the
-same rule through `inference_dtype`.
+same rule: their weights' dtype through `inference_dtype`, and on a CPU with native bf16 their decode computes in
+bf16 over float32 weights (`decode_compute_dtype`), as GRPO's rollouts under bf16 autocast do.
 """
 
 from __future__ import annotations
