@@ -120,10 +120,10 @@ def generation_goal_section(peaks: dict[str, float], bandwidth: float) -> tuple[
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     shares = {}
-    from trl_smallrl.precision import cpu_info
+    from trl_smallrl.precision import decode_compute_dtype
 
-    # bf16 matmuls over float32 weights, as a run under bf16 autocast samples: only where the CPU runs bf16 natively
-    backends = ("generate", "sample_tokens", *(("sample_tokens bf16",) if cpu_info().native_bf16 else ()))
+    # bf16 matmuls over float32 weights, as a run under bf16 autocast samples: where the product decodes in bf16
+    backends = ("generate", "sample_tokens", *(("sample_tokens bf16",) if decode_compute_dtype() else ()))
     for prompts in (2, 8):
         rows = prompts * 4
         step_bound = max(weight_bytes / (bandwidth * 1e9), 2 * params * rows / (peaks["float32"] * 1e9))

@@ -66,9 +66,11 @@ class DynamicSamplingHooks:
             return output
         metrics = self._metrics["train"]
         uninformative = self._uninformative_groups()
+        fraction = uninformative.float().mean().item()
         mode = self.args.dynamic_sampling
+        if mode != "none":
+            metrics["dynamic_sampling/uninformative_before"].append(fraction)
         if mode == "resample":
-            metrics["dynamic_sampling/uninformative_before"].append(uninformative.float().mean().item())
             output, remaining, tries = self._resample(inputs, output, uninformative)
             metrics["dynamic_sampling/tries"].append(float(tries))
             metrics["dynamic_sampling/uninformative_after"].append(remaining)
@@ -76,10 +78,9 @@ class DynamicSamplingHooks:
             return output
         metrics["informative_groups"].append(float((~uninformative).sum().item()))
         if mode == "mask":
-            metrics["dynamic_sampling/uninformative_before"].append(uninformative.float().mean().item())
             output = self._mask(inputs, output, uninformative)
             metrics["dynamic_sampling/uninformative_after"].append(0.0)
-            metrics["dynamic_sampling/masked_fraction"].append(uninformative.float().mean().item())
+            metrics["dynamic_sampling/masked_fraction"].append(fraction)
         return output
 
     def _uninformative_groups(self) -> torch.Tensor:

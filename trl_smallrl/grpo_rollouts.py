@@ -20,6 +20,7 @@ from trl.trainer.utils import split_tensor_dict
 
 from trl_smallrl.adapters import adapter_added_to_base, plain_model
 from trl_smallrl.decoding import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
+from trl_smallrl.precision import autocast_dtype
 from trl_smallrl.shared_prefix import prefixes_shared
 
 
@@ -68,7 +69,7 @@ class CPURolloutHooks:
                 temperature=self.temperature,
                 top_p=self.top_p,
                 top_k=self.top_k or 0,
-                compute_dtype=torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None,
+                compute_dtype=autocast_dtype(self.args),
             )
         return completion_ids, None  # as TRL's transformers path: no sampling log-probs
 

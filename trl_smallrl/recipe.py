@@ -52,12 +52,13 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     else:
         recipe = None
 
+    recipe_values = {} if recipe is None else read_recipe(recipe)
     if recipe is not None:
-        check_recipe_values(recipe, dataclass_types)
+        check_recipe_values(recipe, recipe_values, dataclass_types)
     known = _field_names(dataclass_types)
     parser = TrlParser(dataclass_types)
     if "use_cpu" in known:  # a training run: the machine decides where it trains unless the recipe says
-        parser.set_defaults(use_cpu=use_cpu_default(_asks_for_the_cpu(recipe, argv)))
+        parser.set_defaults(use_cpu=use_cpu_default(_asks_for_the_cpu(recipe_values, argv)))
     try:
         *parsed, config_rest, cli_rest = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -79,9 +80,9 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     return tuple(parsed)
 
 
-def _asks_for_the_cpu(recipe: Path | None, argv: Sequence[str]) -> bool:
+def _asks_for_the_cpu(recipe_values: dict, argv: Sequence[str]) -> bool:
     """Whether the recipe or the command line sets `use_cpu: true` (the command line wins)."""
-    asked = recipe is not None and str(read_recipe(recipe).get("use_cpu")).lower() in ("true", "1", "yes")
+    asked = str(recipe_values.get("use_cpu")).lower() in ("true", "1", "yes")
     for index, item in enumerate(argv):
         key, _, value = item.partition("=")
         if key in ("--use_cpu", "--use-cpu"):
@@ -149,8 +150,8 @@ def _fits(value, kinds: set) -> bool:
 _KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false"}
 
 
-def check_recipe_values(path: Path, dataclass_types: Sequence[type]) -> None:
-    """A recipe value of the wrong type (`max_steps: [1, 2]`, `learning_rate: fast`, `beta: .nan`) is one
+def check_recipe_values(path: Path, recipe_values: dict, dataclass_types: Sequence[type]) -> None:
+    """A recipe value (`recipe_values`, read from `path`) of the wrong type (`max_steps: [1, 2]`, `learning_rate: fast`, `beta: .nan`) is one
     `ConfigError` naming the recipe, the key and the value, before TRL or transformers trip over it later."""
     hints: dict = {}
     for cls in dataclass_types:
@@ -158,7 +159,7 @@ def check_recipe_values(path: Path, dataclass_types: Sequence[type]) -> None:
             hints.update(typing.get_type_hints(cls))
         except Exception:  # a type hint that does not resolve: that class's fields are left to its own checks
             continue
-    for key, value in read_recipe(path).items():
+    for key, value in recipe_values.items():
         kinds = _numeric_kinds(hints.get(key))
         if kinds is None or value is None:
             continue
