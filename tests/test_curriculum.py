@@ -1,4 +1,4 @@
-"""The curriculum's decisions (advance, max steps, replay, mixed), its state round trip, and its sampler."""
+"""The curriculum's decisions (advance, max steps, replay, mixed), its state round trip, and its draws."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from trl_smallrl.configs import GRPOScriptArguments
-from trl_smallrl.curriculum import Curriculum, CurriculumSampler, per_prompt
+from trl_smallrl.curriculum import Curriculum, levels_to_rows, local_groups, per_prompt
 from trl_smallrl.errors import ConfigError
 
 ROW_LEVELS = [2] * 40 + [3] * 30 + [4] * 20 + [5] * 10
@@ -101,36 +101,27 @@ def test_state_round_trip_continues_identically(tmp_path):
         Curriculum([2, 3]).load_state_dict(state)
 
 
-def test_sampler_honours_trls_repeat_sampler_contract():
-    curriculum = Curriculum([2, 3], seed=0)
-    sampler = CurriculumSampler(ROW_LEVELS, curriculum, mini_repeat_count=4, batch_size=3, repeat_count=2)
-    indices = list(sampler)
-    assert len(indices) == len(sampler) == (100 // 3) * 3 * 4 * 2
-    chunks = [indices[i : i + 24] for i in range(0, len(indices), 24)]
-    for chunk in chunks:
-        prompts = chunk[::4]
-        assert all(chunk[i : i + 4] == [chunk[i]] * 4 for i in range(0, 24, 4))  # generations consecutive
-        assert prompts[:3] == prompts[3:]  # the chunk is repeated for steps_per_generation / num_iterations
-        assert len(set(prompts[:3])) == 3  # distinct prompts in a batch
-        assert {ROW_LEVELS[i] for i in prompts} == {2}  # only the current level
-    twin = CurriculumSampler(ROW_LEVELS, Curriculum([2, 3], seed=0), mini_repeat_count=4, batch_size=3, repeat_count=2)
-    assert list(twin) == indices  # same seed, same draws: what keeps ranks in step
-    # Each level is walked without repetition before any row repeats.
-    first_pass = [i for i in indices[::4][::2]][:40]
-    assert len(set(first_pass)) == 40
-
-
-def test_sampler_follows_the_level_as_it_advances():
-    curriculum = Curriculum([2, 3], threshold=1.0, window=1)
-    iterator = iter(CurriculumSampler(ROW_LEVELS, curriculum, mini_repeat_count=2, batch_size=2))
-    assert {ROW_LEVELS[next(iterator)] for _ in range(4)} == {2}
+def test_draws_follow_the_level_walk_each_level_and_repeat_with_the_seed():
+    rows = levels_to_rows({"level": ROW_LEVELS}, Curriculum([2, 3]))
+    curriculum = Curriculum([2, 3], threshold=1.0, window=1, seed=0)
+    first = curriculum.draw(rows, 40)
+    assert {ROW_LEVELS[i] for i in first} == {2}  # only the current level
+    assert len(set(first)) == 40  # each level is walked without repetition before any row repeats
+    assert Curriculum([2, 3], seed=0).draw(rows, 40) == first  # same seed, same draws: what keeps ranks in step
     curriculum.record([2], [1.0], step=1)
-    assert {ROW_LEVELS[next(iterator)] for _ in range(4)} == {3}
+    assert {ROW_LEVELS[i] for i in curriculum.draw(rows, 8)} == {3}  # the next draw follows the new level
 
 
-def test_sampler_needs_rows_at_every_level():
+def test_local_groups_lay_a_batch_out_as_trls_sampler_and_accelerate_do():
+    # 3 prompts x 2 generations over 2 ranks of 3 rows: each prompt's group consecutive, rank after rank.
+    assert local_groups([5, 7, 9], num_generations=2, rank=0, batch=3) == [5, 5, 7]
+    assert local_groups([5, 7, 9], num_generations=2, rank=1, batch=3) == [7, 9, 9]
+    assert local_groups([5, 7], num_generations=4, rank=0, batch=8) == [5] * 4 + [7] * 4
+
+
+def test_every_curriculum_level_needs_training_rows():
     with pytest.raises(ConfigError, match=r"no rows at levels \[6\]"):
-        CurriculumSampler(ROW_LEVELS, Curriculum([2, 6]), mini_repeat_count=2)
+        levels_to_rows({"level": ROW_LEVELS}, Curriculum([2, 6]))
 
 
 def test_single_process_record_and_per_prompt_grouping():

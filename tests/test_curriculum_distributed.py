@@ -1,4 +1,4 @@
-"""Two real processes (torchrun, gloo): the curriculum and its sampler agree on every step across ranks."""
+"""Two real processes (torchrun, gloo): the curriculum and its draws agree on every step across ranks."""
 
 from __future__ import annotations
 
@@ -16,18 +16,17 @@ WORKER = textwrap.dedent(
 
     import torch.distributed as dist
 
-    from trl_smallrl.curriculum import Curriculum, CurriculumSampler, broadcast_from_rank0, per_prompt
+    from trl_smallrl.curriculum import Curriculum, broadcast_from_rank0, levels_to_rows, local_groups, per_prompt
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     row_levels = [2] * 20 + [3] * 20 + [4] * 20
     curriculum = Curriculum([2, 3, 4], threshold=0.6, window=8, replay_fraction=0.25, seed=0)
-    sampler = CurriculumSampler(row_levels, curriculum, mini_repeat_count=2, batch_size=4)
-    draws = (index for _epoch in range(3) for index in sampler)  # epochs, as the Trainer loops
+    rows = levels_to_rows({"level": row_levels}, curriculum)
     log = []
     for step in range(1, 31):
-        batch = [next(draws) for _ in range(8)]  # 4 prompts x 2 generations, split between the ranks
-        mine = batch[rank * 4 : (rank + 1) * 4]
+        batch = curriculum.draw(rows, 4)  # 4 prompts x 2 generations, split between the ranks, as the trainer draws
+        mine = local_groups(batch, num_generations=2, rank=rank, batch=4)
         # Rank 0 is always right, rank 1 right one step in three: alone, they would decide differently.
         correct = [1.0 if rank == 0 or step % 3 == 0 else 0.0 for _ in mine]
         levels, accuracy = per_prompt([row_levels[i] for i in mine], correct, num_generations=2)

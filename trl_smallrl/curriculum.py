@@ -20,10 +20,8 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from torch.utils.data import Sampler
 
 from trl_smallrl import atomic
 from trl_smallrl.configs import CURRICULUM_MODES
@@ -224,46 +222,21 @@ def broadcast_from_rank0(curriculum: Curriculum) -> None:
     curriculum.load_state_dict(shared[0])
 
 
-def rows_by_level(row_levels: Sequence[int]) -> dict[int, list[int]]:
-    """The dataset's row indices at each level, in row order: what `Curriculum.draw` draws from."""
+def levels_to_rows(dataset, curriculum: Curriculum) -> dict[int, list[int]]:
+    """The training rows' indices at each level, in row order: what `Curriculum.draw` draws from. Every level of
+    the curriculum must have rows (checked when the trainer is built, before the model loads)."""
     rows: dict[int, list[int]] = {}
-    for index, level in enumerate(row_levels):
+    for index, level in enumerate(dataset["level"]):
         rows.setdefault(int(level), []).append(index)
+    missing = [level for level in curriculum.levels if level not in rows]
+    if missing:
+        raise ConfigError(f"levels: the training data has no rows at levels {missing}; generate or add them.")
     return rows
 
 
-class CurriculumSampler(Sampler[int]):
-    """TRL's RepeatSampler contract, with prompts drawn from the curriculum's current level mix.
-
-    Yields chunks of `batch_size` prompt indices, each chunk repeated `repeat_count` times (reuse across
-    steps_per_generation / num_iterations) and each index `mini_repeat_count` times in a row (the group of
-    generations). The draw happens chunk by chunk, while training runs, so a level change takes effect at
-    the next generation batch. Every rank draws the same indices when the curriculum agrees across ranks.
-    """
-
-    def __init__(
-        self,
-        row_levels: Sequence[int],
-        curriculum: Curriculum,
-        mini_repeat_count: int,
-        batch_size: int = 1,
-        repeat_count: int = 1,
-    ):
-        self.curriculum = curriculum
-        self.mini_repeat_count, self.batch_size, self.repeat_count = mini_repeat_count, batch_size, repeat_count
-        self.num_samples = len(row_levels)
-        self.rows_by_level = rows_by_level(row_levels)
-        missing = [level for level in curriculum.levels if level not in self.rows_by_level]
-        if missing:
-            raise ConfigError(f"levels: the training data has no rows at levels {missing}; generate or add them.")
-
-    def __iter__(self) -> Iterator[int]:
-        for _ in range(self.num_samples // self.batch_size):
-            chunk = self.curriculum.draw(self.rows_by_level, self.batch_size)
-            for _ in range(self.repeat_count):
-                for index in chunk:
-                    for _ in range(self.mini_repeat_count):
-                        yield index
-
-    def __len__(self) -> int:
-        return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
+def local_groups(prompt_indices: Sequence[int], num_generations: int, rank: int, batch: int) -> list[int]:
+    """The row indices of one rank's part of a generation batch: each prompt repeated for its group, consecutively,
+    as TRL's `RepeatSampler` lays a batch out, and rank `rank`'s slice of `batch` rows (accelerate gives each rank
+    the next `batch` indices of the sampler's stream)."""
+    rows = [index for index in prompt_indices for _ in range(num_generations)]
+    return rows[rank * batch : (rank + 1) * batch]

@@ -50,8 +50,6 @@ def build_trainer(
         present = set(train_dataset["level"])
         levels = [level for level in script_args.levels if level in present]  # the recipe's order
         curriculum = Curriculum.from_args(script_args, levels=levels, seed=training_args.seed)
-        # The curriculum's saved state decides the next prompts; replaying the skipped batches would move it on.
-        training_args.ignore_data_skip = True
     trainer = trainer_class(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,

@@ -19,7 +19,7 @@ import logging
 import torch
 
 from trl_smallrl.configs import ROW_MEAN_LOSSES
-from trl_smallrl.curriculum import rows_by_level
+from trl_smallrl.curriculum import local_groups
 from trl_smallrl.monitors import CORRECT_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -117,20 +117,15 @@ class DynamicSamplingHooks:
         """A new local generation batch of fresh prompts, the same draw on every rank: from the curriculum's own
         draw when there is one (its level mix, its walk through each level's rows, saved in checkpoints), else
         seeded by step and try."""
-        prompts = self.accelerator.num_processes * batch // self.num_generations
-        dataset = self.train_dataset
         if self.curriculum is not None:
-            if self._rows_by_level is None:
-                self._rows_by_level = rows_by_level(dataset["level"])
-            index = self.curriculum.draw(self._rows_by_level, prompts)
-        else:
-            generator = torch.Generator().manual_seed(
-                self.args.seed * 1_000_003 + self.state.global_step * 1_009 + attempt
-            )
-            index = torch.randint(len(dataset), (prompts,), generator=generator).tolist()
-        index = [i for i in index for _ in range(self.num_generations)]
-        start = self.accelerator.process_index * batch
-        return [dataset[i] for i in index[start : start + batch]]
+            return self.curriculum_inputs(batch)
+        prompts = self.accelerator.num_processes * batch // self.num_generations
+        generator = torch.Generator().manual_seed(
+            self.args.seed * 1_000_003 + self.state.global_step * 1_009 + attempt
+        )
+        prompts = torch.randint(len(self.train_dataset), (prompts,), generator=generator).tolist()
+        rows = local_groups(prompts, self.num_generations, self.accelerator.process_index, batch)
+        return [self.train_dataset[i] for i in rows]
 
     def _resample(self, inputs, output, uninformative):
         """Replace uninformative groups with informative groups of fresh prompts; return (output, remaining

@@ -10,7 +10,7 @@ A training step, top to bottom, and the module that acts at each point:
 1. `training_step` (`grpo_resets`): the current model wrapper, which a hard reset may have replaced, with the
    training loop's `no_sync`.
 2. `_prepare_inputs` (`grpo_rollouts`): when a new generation batch is due, TRL's `_generate_and_score_completions`
-   runs, which is
+   runs (`grpo_curriculum` first replaces the fetched prompts with the curriculum's draw), which is
    a. `_generate_single_turn` (`grpo_rollouts`): on a CPU, `decoding.sample_tokens` samples the group's
       completions, the LoRA update added into the base; where TRL needs old or reference log-probs (beta > 0, or
       a generation batch for several optimizer steps) it scores them here through `_get_per_token_logps_and_entropies` (step 3's);
@@ -27,8 +27,7 @@ A training step, top to bottom, and the module that acts at each point:
    `_get_per_token_logps_and_entropies` (`grpo_rollouts`: on a CPU each group's prompt runs once).
 4. `log` (`grpo_curriculum`: the curriculum's metrics, levels agreeing across ranks).
 
-Outside the step: `_get_train_sampler` (`grpo_curriculum`: the curriculum's sampler, when the dataloader is built);
-checkpoints appear whole, with each `CheckpointState` (the curriculum here, the reset phase in `resets`) through
+Outside the step: checkpoints appear whole, with each `CheckpointState` (the curriculum here, the reset phase in `resets`) through
 `checkpoints.AtomicCheckpointMixin`; between steps a hard reset (`resets.HardResetCallback`) calls `set_sampling`
 and `restart_optimization` (`grpo_resets`).
 """
@@ -39,6 +38,7 @@ from trl import GRPOTrainer
 
 from trl_smallrl.checkpoints import AtomicCheckpointMixin
 from trl_smallrl.completions import template_prefill
+from trl_smallrl.curriculum import levels_to_rows
 from trl_smallrl.grpo_curriculum import CurriculumHooks
 from trl_smallrl.grpo_dynamic_sampling import DynamicSamplingHooks
 from trl_smallrl.grpo_health import HealthHooks
@@ -63,7 +63,8 @@ class SmallRLGRPOTrainer(
 
     def __init__(self, *args, curriculum=None, **kwargs):
         self.curriculum = curriculum
-        self._rows_by_level: dict[int, list[int]] | None = None  # the training rows at each level, for resampling
+        # The training rows at each level, which the curriculum draws from; checked before the model loads.
+        self._rows_by_level = None if curriculum is None else levels_to_rows(kwargs["train_dataset"], curriculum)
         self._last_rewards = None  # the last scored batch (all ranks): rewards per function,
         self._last_health = None  # and its health table (`monitors.HEALTH_COLUMNS`)
         super().__init__(*args, **kwargs)
