@@ -181,3 +181,48 @@ def test_tiny_models_side_by_side(tiny_model_dir, tiny_grpo_run, tmp_path, capsy
     table = (tmp_path / "eval" / "results.md").read_text()
     assert table == results_table(result) and "| all | grpo | 4 |" in table
     assert table in capsys.readouterr().out
+
+
+def test_eval_recipe_takes_the_chat_template_kwargs(tmp_path):
+    """As a training recipe's: a YAML mapping, or JSON on the command line; anything else is one line."""
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("chat_template_kwargs: {enable_thinking: false}\n")
+    _, spec = parse_recipe((DataArguments, EvalArguments), ["--config", str(recipe)])
+    assert spec.chat_template_kwargs == {"enable_thinking": False}
+    _, spec = parse_recipe((DataArguments, EvalArguments), ["--chat_template_kwargs", '{"enable_thinking": true}'])
+    assert spec.chat_template_kwargs == {"enable_thinking": True}
+    assert parse_recipe((DataArguments, EvalArguments), [])[1].chat_template_kwargs is None
+    with pytest.raises(ConfigError, match="chat_template_kwargs: 'thinking' is not a mapping") as err:
+        parse_recipe((DataArguments, EvalArguments), ["--chat_template_kwargs", "thinking"])
+    assert "\n" not in str(err.value)
+
+
+def test_eval_reads_the_templates_think_prefill_and_renders_with_the_kwargs(tiny_model_dir, tmp_path, monkeypatch):
+    """R1-Distill's real template opens `<think>` in the prompt, so its model writes only `...</think>` and the
+    answer: the format rate counts the template's `<think>` as GRPO's reward does (vLLM stands in with that text)."""
+    import json
+    import sys
+
+    from test_generation import _FakeVLLM, _with_template
+
+    from trl_smallrl import generation
+    from trl_smallrl.evaluation import evaluate
+
+    fake = _FakeVLLM(text="two steps of reasoning\n</think>\n<answer>nobody</answer>")
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    monkeypatch.setattr(generation, "_vllm_usable", lambda: True)
+    r1 = _with_template(tiny_model_dir, tmp_path, "deepseek_r1_distill")
+    data, spec = parse_recipe(
+        (DataArguments, EvalArguments),
+        ["--levels", "2", "--eval_size", "2", "--eval_models", f"r1={r1}", f"plain={tiny_model_dir}",
+         "--eval_num_samples", "2", "--eval_k", "1", "--eval_output_dir", str(tmp_path / "eval"),
+         "--chat_template_kwargs", '{"enable_thinking": false}'],
+    )  # fmt: skip
+    result = evaluate(data, spec)
+    r1_result, plain = result["models"]
+    assert r1_result["levels"]["all"]["format_rate"] == 1.0
+    assert plain["levels"]["all"]["format_rate"] == 0.0  # no prefill: the same text has no `<think>`
+    texts = json.loads((tmp_path / "eval" / "completions" / "r1.jsonl").read_text().splitlines()[0])["texts"]
+    assert texts == ["<think>\ntwo steps of reasoning\n</think>\n<answer>nobody</answer>"] * 2
+    assert [engine["chat_template_kwargs"] for engine in fake.engines] == [{"enable_thinking": False}] * 2
+    assert result["spec"]["chat_template_kwargs"] == {"enable_thinking": False}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import trl
 
 from trl_smallrl.decoding import sample_tokens
 from trl_smallrl.generation import SamplingSettings, sample
@@ -276,10 +279,11 @@ def test_rollouts_are_on_policy_the_samplers_log_probs_are_the_trainers(tiny_mod
 
 class _FakeVLLM:
     """Stands in for vLLM, which needs a GPU: records each engine's settings and whether the engine before it was
-    freed when it started. The tokenizer, the prompts and our scoring stay real."""
+    freed when it started, and the chat template's keyword arguments of each call; every completion is `text`. The
+    tokenizer, the prompts and our scoring stay real."""
 
-    def __init__(self):
-        self.engines, self.alive = [], 0
+    def __init__(self, text="<answer>x</answer>"):
+        self.engines, self.alive, self.text = [], 0, text
 
     def module(self):
         import types
@@ -292,9 +296,9 @@ class _FakeVLLM:
                 fake.alive += 1
                 self.llm_engine = types.SimpleNamespace(shutdown=lambda: fake.engines[-1].update(shut_down=True))
 
-            def chat(self, conversations, params, use_tqdm):
-                fake.engines[-1]["progress"] = use_tqdm
-                choice = types.SimpleNamespace(text="<answer>x</answer>", token_ids=[1, 2], finish_reason="stop")
+            def chat(self, conversations, params, use_tqdm, chat_template_kwargs=None):
+                fake.engines[-1].update(progress=use_tqdm, chat_template_kwargs=chat_template_kwargs)
+                choice = types.SimpleNamespace(text=fake.text, token_ids=[1, 2], finish_reason="stop")
                 return [types.SimpleNamespace(outputs=[choice] * params.n) for _ in conversations]
 
             def __del__(self):
@@ -322,3 +326,74 @@ def test_vllm_eval_runs_one_engine_at_a_time_sized_from_the_settings(tiny_model_
         assert engine["kwargs"]["gpu_memory_utilization"] == 0.4
         assert engine["kwargs"]["max_model_len"] == longest + 50
         assert engine["shut_down"] and engine["progress"]
+
+
+TEMPLATES = Path(trl.__file__).parent / "chat_templates"  # the real templates TRL ships, offline
+
+
+def _with_template(tiny_model_dir, tmp_path, template: str) -> str:
+    """A copy of the tiny model whose tokenizer carries one of the real chat templates TRL ships."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / template)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text()
+    tokenizer.save_pretrained(model_dir)
+    return str(model_dir)
+
+
+def test_prompts_are_rendered_with_the_chat_template_kwargs(tiny_model_dir, tmp_path):
+    """Qwen3's real template with thinking off: the sampler continues the prompt that ends in the empty think block
+    (greedy: its completion is the model's own greedy continuation of that prompt, not of the thinking one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = _with_template(tiny_model_dir, tmp_path, "qwen3")
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = _prompts(1)[0]
+
+    def greedy_continuation(**kwargs) -> str:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", **kwargs)
+        with torch.no_grad():
+            out = model.generate(**ids, do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    thinking_off = {"enable_thinking": False}
+    assert greedy_continuation(**thinking_off) != greedy_continuation()  # the two prompts lead apart
+    greedy = SamplingSettings(num_samples=1, max_new_tokens=6, temperature=0.0, chat_template_kwargs=thinking_off)
+    assert [[c.text for c in row] for row in sample(model_dir, [prompt], greedy)] == [
+        [greedy_continuation(**thinking_off)]
+    ]
+
+
+def test_vllm_gets_the_chat_template_kwargs_and_sizes_its_context_with_them(tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from trl_smallrl import generation
+
+    model_dir = _with_template(tiny_model_dir, tmp_path, "qwen3")
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    monkeypatch.setattr(generation, "_vllm_usable", lambda: True)
+    thinking_off = {"enable_thinking": False}
+    prompts = _prompts(2)
+    sample(model_dir, prompts, SamplingSettings(num_samples=2, max_new_tokens=50, chat_template_kwargs=thinking_off))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    longest = max(
+        len(tokenizer.apply_chat_template(p, add_generation_prompt=True, **thinking_off)["input_ids"]) for p in prompts
+    )  # the empty think block makes it longer than the thinking prompt
+    (engine,) = fake.engines
+    assert engine["chat_template_kwargs"] == thinking_off
+    assert engine["kwargs"]["max_model_len"] == longest + 50
+
+
+def test_completions_start_with_the_templates_think_prefill(tiny_model_dir, tmp_path):
+    """R1-Distill's real template opens `<think>` in the prompt: each completion is read with it in front, as GRPO's
+    rewards read it; a template without that prefill leaves the model's text alone."""
+    settings = SamplingSettings(num_samples=2, max_new_tokens=4, temperature=1.0, seed=0)
+    r1 = sample(_with_template(tiny_model_dir, tmp_path, "deepseek_r1_distill"), _prompts(2), settings)
+    assert all(c.text.startswith("<think>\n") and c.length <= 4 for row in r1 for c in row)
+    assert not any(c.text.startswith("<think>") for row in sample(tiny_model_dir, _prompts(2), settings) for c in row)

@@ -253,13 +253,30 @@ DDP_WORKER = """
 import hashlib, json, os, sys
 
 import torch.distributed as dist
+from trl import GRPOTrainer
 
 from trl_smallrl.grpo import train
 
+# Each micro-batch as TRL's training step receives it from trl-smallrl's `training_step`: which DDP wrapper runs it
+# (0 the first, 1 the one the reset made) and whether that wrapper reduces gradients in its backward pass.
+micro_batches, wrappers = [], []
+trl_training_step = GRPOTrainer.training_step
+
+
+def training_step(self, model, inputs, num_items_in_batch):
+    if not any(model is w for w in wrappers):
+        wrappers.append(model)
+    index = next(i for i, w in enumerate(wrappers) if w is model)
+    micro_batches.append([index, bool(model.require_backward_grad_sync)])
+    return trl_training_step(self, model, inputs, num_items_in_batch)
+
+
+GRPOTrainer.training_step = training_step
 out, model = sys.argv[1], sys.argv[2]
 argv = ["--model_name_or_path", model, "--output_dir", out, "--task", "kk", "--levels", "2", "--train_size", "8",
         "--curriculum", "off", "--reward_funcs", "format", "--entropy_coef", "0.5",
-        "--max_steps", "3", "--per_device_train_batch_size", "4", "--num_generations", "4",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--num_generations", "4",
         "--max_completion_length", "8", "--learning_rate", "5e-2", "--bf16", "false", "--report_to", "none",
         "--save_strategy", "no", "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
         "--resets", '[{"at_step": 1, "lora_r": 8, "lora_target_modules": ["q_proj", "k_proj"], "temperature": 0.5}]']
@@ -272,7 +289,7 @@ resets = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ =
 with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as handle:
     json.dump({"digest": digest, "phase": resets.phase, "r": model.peft_config["default"].r,
                "lora_b_max": max(lora_b), "temperature": trainer.generation_config.temperature,
-               "step": trainer.state.global_step}, handle)
+               "step": trainer.state.global_step, "micro_batches": micro_batches}, handle)
 """
 
 
@@ -294,6 +311,10 @@ def test_reset_under_ddp_keeps_ranks_identical(tmp_path, tiny_model_dir):
     rank0, rank1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1  # same phase, same adapter, bit-identical weights after the reset and two more steps
     assert rank0["phase"] == 1 and rank0["r"] == 8 and rank0["temperature"] == 0.5 and rank0["step"] == 3
+    # Two micro-batches a step: the first accumulates without reducing (the training loop's `no_sync`), the last
+    # reduces. After the reset at step 1 the loop still holds the old wrapper and gives it the `no_sync`; the new
+    # wrapper, which runs steps 2 and 3, must get it too (`ResetHooks.training_step`), or it reduces every micro-batch.
+    assert rank0["micro_batches"] == [[0, False], [0, True], [1, False], [1, True], [1, False], [1, True]]
     # The new adapter trained (a random model gets no reward spread: the entropy bonus gives the gradient), its
     # gradients reduced across both ranks by the new DDP wrapper: different local batches, identical weights.
     assert rank0["lora_b_max"] > 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import pytest
+import trl
 
 from trl_smallrl import sft
 from trl_smallrl.errors import ConfigError
@@ -152,34 +155,69 @@ def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 41))
 
 
-THINKING_SWITCH = (
-    "{% set off = enable_thinking is defined and enable_thinking is false %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['role'] == 'assistant' and off %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if off %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)  # the part of Qwen3's template that `enable_thinking: false` changes: an empty think block opens the answer
+TEMPLATES = Path(trl.__file__).parent / "chat_templates"  # the real templates TRL ships, for offline tests
+TRACE = "<think>0 is a knight.</think>\n<answer>(1) 0 is a knight</answer>"  # trace 0 of `_write_traces`
 
 
-@pytest.mark.parametrize("thinking", [None, "false"])
-def test_chat_template_kwargs_reach_the_rendered_traces(tiny_model_dir, tmp_path, thinking):
-    """`chat_template_kwargs` (Qwen3 recipes: thinking off) render the SFT prompt as GRPO's rollouts will see it."""
+@pytest.mark.parametrize(
+    ("template", "kwargs", "trained"),
+    [
+        ("qwen3", {"enable_thinking": True}, TRACE + "<|im_end|>\n"),
+        ("qwen3", {"enable_thinking": False}, TRACE + "<|im_end|>\n"),
+        ("deepseek_r1_distill", None, TRACE.removeprefix("<think>") + "<｜end▁of▁sentence｜>"),
+    ],
+    ids=["qwen3-thinking", "qwen3-no-thinking", "r1-distill"],
+)
+def test_sft_trains_what_grpo_samples_after_its_prompt(tiny_model_dir, tmp_path, caplog, template, kwargs, trained):
+    """The real Qwen3 and R1-Distill templates on the tiny model: the SFT sequence is GRPO's prompt ids, as TRL's GRPO
+    tokenizes them with the recipe's `chat_template_kwargs`, then the trained tokens, which are the whole trace (its
+    own `<think>` after Qwen3's empty think block; after R1's `<think>\n` prefill, the reasoning) and the turn's end.
+
+    TRL's own rendering departs from this: Qwen3's template moves the reasoning into its think block, so with thinking
+    off the conversation lacks the prompt's empty block and the trained tokens started inside the reasoning; R1's
+    drops the reasoning."""
     import shutil
 
+    from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import ModelConfig
 
-    from trl_smallrl.configs import SFTConfig, SFTScriptArguments
+    from trl_smallrl.completions import has_strict_format, template_prefill, with_prefill
+    from trl_smallrl.configs import GRPOConfig, SFTConfig, SFTScriptArguments
+    from trl_smallrl.grpo_trainer import SmallRLGRPOTrainer
     from trl_smallrl.recipe import parse_recipe
+    from trl_smallrl.rewards import get_reward_funcs
 
-    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / template)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = THINKING_SWITCH
+    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text()
     tokenizer.save_pretrained(model_dir)
-    extra = ["--chat_template_kwargs", json.dumps({"enable_thinking": False})] if thinking else []
-    argv = _argv(str(model_dir), _write_traces(tmp_path / "traces.jsonl", n=2), tmp_path / "out", *extra)
-    trainer = sft.build_trainer(*parse_recipe((SFTScriptArguments, SFTConfig, ModelConfig), argv))
-    text = tokenizer.decode(trainer.train_dataset[0]["input_ids"])
-    # Thinking off: the template's empty think block opens the answer, before the trace's own reasoning.
-    assert ("assistant\n<think>\n\n</think>\n\n<think>0 is a knight." in text) == bool(thinking)
-    assert "assistant\n<think>0 is a knight." in text or thinking
+    traces = _write_traces(tmp_path / "traces.jsonl", n=2)
+    extra = ["--chat_template_kwargs", json.dumps(kwargs)] if kwargs else []
+    with caplog.at_level(logging.WARNING):
+        trainer = sft.build_trainer(
+            *parse_recipe(
+                (SFTScriptArguments, SFTConfig, ModelConfig), _argv(str(model_dir), traces, tmp_path / "out", *extra)
+            )
+        )
+    ids, labels = trainer.train_dataset[0]["input_ids"], trainer.train_dataset[0]["labels"]
+    start = next(i for i, label in enumerate(labels) if label != -100)
+    assert labels[start:] == ids[start:]  # everything after the prompt is learned, the end of the turn included
+
+    prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Who is 0?"}]  # trace 0's
+    grpo = SmallRLGRPOTrainer(
+        model=str(model_dir), reward_funcs=get_reward_funcs(["format"]),
+        train_dataset=Dataset.from_list([{"prompt": prompt}] * 2),
+        args=GRPOConfig(output_dir=str(tmp_path / "grpo"), per_device_train_batch_size=2, num_generations=2,
+                        max_completion_length=4, report_to="none", bf16=False, chat_template_kwargs=kwargs),
+    )  # fmt: skip
+    (grpo_prompt,), _, _ = grpo._tokenize_prompts([prompt])
+    assert ids[:start] == grpo_prompt  # GRPO's prompt + SFT's trained completion == SFT's whole sequence
+    assert tokenizer.decode(ids[start:]) == trained
+    assert "not a prefix" not in caplog.text  # TRL never had to guess where the completion starts
+    # What GRPO's format reward reads of this completion (the template's prefill put back in front) is in format.
+    prefill = template_prefill(tokenizer, kwargs)
+    assert has_strict_format(with_prefill(tokenizer.decode(ids[start:], skip_special_tokens=True), prefill)
+                             .removesuffix("<｜end▁of▁sentence｜>"))  # fmt: skip
+    if kwargs == {"enable_thinking": False}:
+        assert tokenizer.decode(ids).endswith("assistant\n<think>\n\n</think>\n\n" + trained)

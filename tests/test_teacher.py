@@ -48,3 +48,31 @@ def test_smallrl_traces_teacher_cli_writes_verified_jsonl(tiny_model_dir, tmp_pa
     assert "verified conversations (2 prompts x 2 samples)" in printed
     assert "sample_accuracy_level_2=0.000" in printed  # a random model solves nothing, and nothing is kept
     assert out.is_file() and [json.loads(line) for line in out.read_text().splitlines()] == []
+
+
+def test_teacher_traces_hold_the_templates_think_prefill_and_use_the_kwargs(tiny_model_dir, tmp_path, monkeypatch):
+    """An R1-Distill teacher (its real template opens `<think>` in the prompt) writes only the reasoning's rest, its
+    `</think>` and the answer: the kept trace is the whole turn, `<think>` first, as the SFT warm-up must learn it.
+    vLLM stands in, answering the solver's trace without its `<think>`; the verifier and the files are real."""
+    import sys
+
+    from test_generation import _FakeVLLM, _with_template
+
+    from trl_smallrl import generation
+    from trl_smallrl.configs import DataArguments
+    from trl_smallrl.tasks.rows import build_rows
+
+    (row,) = build_rows(DataArguments(task="kk", levels=[2], train_size=1, eval_size=1, task_seed=0), "train")
+    completion = write_trace(row).removeprefix("<think>")
+    fake = _FakeVLLM(text=completion)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    monkeypatch.setattr(generation, "_vllm_usable", lambda: True)
+    out = tmp_path / "teacher.jsonl"
+    traces_main(
+        ["--teacher", _with_template(tiny_model_dir, tmp_path, "deepseek_r1_distill"), "--task", "kk", "--levels", "2",
+         "--size", "1", "--samples", "2", "--out", str(out), "--chat-template-kwargs", '{"enable_thinking": false}']
+    )  # fmt: skip
+    (kept,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert kept["messages"][:-1] == row["prompt"]
+    assert kept["messages"][-1]["content"] == "<think>\n" + completion
+    assert fake.engines[0]["chat_template_kwargs"] == {"enable_thinking": False}

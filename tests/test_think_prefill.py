@@ -8,7 +8,7 @@ import shutil
 import pytest
 from transformers import AutoTokenizer
 
-from trl_smallrl.completions import template_prefill, with_prefill
+from trl_smallrl.completions import template_prefill, with_prefill, without_prefill
 
 R1_LIKE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -36,6 +36,16 @@ def test_with_prefill_keeps_the_completions_shape():
     assert with_prefill(message, "<think>\n") == [{"role": "assistant", "content": "<think>\na</think>"}]
     assert message[0]["content"] == "a</think>"  # TRL's own completion is left as it was
     assert with_prefill(message, "") is message
+
+
+def test_without_prefill_leaves_what_the_model_writes_after_the_template():
+    """The SFT warm-up trains only what follows the prompt: a trace's `<think>` belongs to the prompt of a template
+    that prefills it, and `with_prefill` gives the trace back."""
+    assert without_prefill("<think>\na</think>", "<think>\n") == "a</think>"
+    assert with_prefill(without_prefill("<think>\na</think>", "<think>\n"), "<think>\n") == "<think>\na</think>"
+    assert without_prefill("<think>a</think>", "<think>\n") == "a</think>"  # a trace written without the newline
+    assert without_prefill("a</think>", "<think>\n") == "a</think>"  # a teacher's text that lacks the prefill
+    assert without_prefill("<think>a</think>", "") == "<think>a</think>"  # no prefill: the whole trace
 
 
 @pytest.mark.parametrize("prefilled", [True, False])

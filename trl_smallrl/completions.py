@@ -128,3 +128,17 @@ def with_prefill(completion: Any, prefill: str) -> Any:
         if isinstance(last, Mapping):
             return [*completion[:-1], {**last, "content": prefill + completion_text(completion)}]
     return prefill + completion_text(completion)
+
+
+def without_prefill(text: str, prefill: str) -> str:
+    """What the model writes of a whole assistant turn `text` when the template has written `prefill`: `text` without
+    the `<think>` it opens with (and the prefill's own whitespace after it). The SFT warm-up trains this part alone,
+    since the template puts the prefill in the prompt; `with_prefill` puts it back. A text that does not open with
+    the prefill's tag is returned as it is."""
+    tag = prefill.strip()
+    start = len(text) - len(text.lstrip())
+    if not tag or not text.startswith(tag, start):
+        return text
+    rest = text[start + len(tag) :]
+    after_tag = prefill[prefill.index(tag) + len(tag) :]
+    return rest[len(after_tag) :] if rest.startswith(after_tag) else rest

@@ -21,6 +21,7 @@ from trl_smallrl.cli import CommandParser
 from trl_smallrl.configs import DataArguments
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.generation import SamplingSettings
+from trl_smallrl.recipe import mapping_value
 from trl_smallrl.tasks import TASKS, Task, get_task
 from trl_smallrl.tasks.rows import build_rows, read_file_records, rows_from_records
 from trl_smallrl.teacher import teacher_traces
@@ -155,6 +156,11 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
         default="auto",
         help="--teacher: auto = bfloat16 on a GPU, float32 on a CPU (where bf16 is often emulated).",
     )
+    parser.add_argument(
+        "--chat-template-kwargs",
+        default=None,
+        help="--teacher: keyword arguments of its chat template as JSON, e.g. '{\"enable_thinking\": false}'.",
+    )
     args = parser.parse_args(argv)
     _quiet_progress_bars()
     if (args.levels is None) == (args.dataset is None):
@@ -167,7 +173,12 @@ def traces_main(argv: Sequence[str] | None = None) -> None:
         rows = build_rows(data_args, args.split)
     if args.teacher is not None:
         settings = SamplingSettings(
-            args.samples, args.max_new_tokens, args.temperature, seed=args.seed, dtype=args.dtype
+            args.samples,
+            args.max_new_tokens,
+            args.temperature,
+            seed=args.seed,
+            dtype=args.dtype,
+            chat_template_kwargs=mapping_value(args.chat_template_kwargs, "--chat-template-kwargs"),
         )
         kept, stats = teacher_traces(args.teacher, task, rows, settings, args.keep_per_prompt)
         write_jsonl(args.out, kept)

@@ -71,6 +71,7 @@ def sampling_settings(args: EvalArguments) -> SamplingSettings:
         seed=args.eval_sampling_seed,
         dtype=args.eval_dtype,
         gpu_memory_utilization=args.eval_vllm_gpu_memory_utilization,
+        chat_template_kwargs=args.chat_template_kwargs,
     )
 
 
@@ -78,7 +79,8 @@ def score_samples(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[
     """One record per row: its level, and per sample whether it is correct and in the strict format.
 
     Correct means the task's verifier gives full credit (1.0); the format check is the strict `format`
-    reward's (`completions.has_strict_format`), so the eval's format rate is that reward's mean.
+    reward's (`completions.has_strict_format`), so the eval's format rate is that reward's mean. Each text starts
+    with the template's `<think>` prefill where it has one (`generation.sample`), as the reward reads it in GRPO.
     """
     records = []
     for row, row_samples in zip(rows, samples, strict=True):
@@ -232,6 +234,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
             "top_p": eval_args.eval_top_p,
             "max_new_tokens": eval_args.eval_max_new_tokens,
             "seed": eval_args.eval_sampling_seed,
+            "chat_template_kwargs": eval_args.chat_template_kwargs,
         },
         "models": [],
     }

@@ -5,14 +5,22 @@ given by name. They share this module so that both sample alike (no top-k cut, a
 of the model's end-of-sequence tokens; the same seed gives the same samples) and get the fastest backend there is:
 vLLM when it is installed and a GPU is visible, else on a GPU transformers' `generate`, and on a CPU
 `decoding.sample_tokens` (which GRPO's CPU rollouts use too).
+
+Both render a prompt as GRPO does, with the chat template's generation prompt and the recipe's `chat_template_kwargs`
+(Qwen3 with thinking off is evaluated with thinking off), and both read a completion as GRPO's rewards do: where the
+template opens `<think>` itself (DeepSeek-R1-Distill), that prefill is put back in front of the model's text
+(`completions.template_prefill`, `with_prefill`), so the strict format and the kept teacher traces see the whole
+`<think>...</think>` block.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
+from trl_smallrl.completions import template_prefill, with_prefill
 from trl_smallrl.decoding import sample_tokens, supports_sample_tokens
 from trl_smallrl.models import resolve_model
 from trl_smallrl.precision import accelerator_name, decode_compute_dtype, inference_dtype
@@ -30,11 +38,12 @@ class SamplingSettings:
     seed: int = 0
     dtype: str = "auto"  # bfloat16 on a GPU; on a CPU float32 weights, bf16 matmuls where native (`precision`)
     gpu_memory_utilization: float = 0.85  # vLLM: its share of the GPU (weights and KV cache), one engine at a time
+    chat_template_kwargs: Mapping[str, Any] | None = None  # how prompts are rendered (Qwen3: enable_thinking)
 
 
 @dataclass(frozen=True)
 class Completion:
-    text: str
+    text: str  # the template's `<think>` prefill (R1-Distill), if any, then the model's text
     length: int  # tokens, up to and including the end-of-sequence token
     truncated: bool  # hit max_new_tokens before ending
 
@@ -49,20 +58,27 @@ def sample(
     """`settings.num_samples` completions for each conversational prompt, in prompt order.
 
     `name_or_path` is anything `models.resolve_model` accepts (an adapter folder is sampled as its float32
-    merge); `field` names the recipe field or option it came from, for the error of a wrong name.
+    merge); `field` names the recipe field or option it came from, for the error of a wrong name. Prompts are
+    rendered with `settings.chat_template_kwargs`; each completion's text starts with the template's `<think>`
+    prefill where it has one (module docstring).
     """
+    from transformers import AutoTokenizer
+
     path = resolve_model(name_or_path, field=field)
-    if _vllm_usable():
-        return _sample_vllm(path, prompts, settings)
-    return _sample_transformers(path, prompts, settings)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    backend = _sample_vllm if _vllm_usable() else _sample_transformers
+    samples = backend(path, tokenizer, prompts, settings)
+    prefill = template_prefill(tokenizer, settings.chat_template_kwargs)
+    if not prefill:
+        return samples
+    return [[replace(c, text=with_prefill(c.text, prefill)) for c in row] for row in samples]
 
 
-def _sample_transformers(path: str, prompts, settings: SamplingSettings) -> list[list[Completion]]:
+def _sample_transformers(path: str, tokenizer, prompts, settings: SamplingSettings) -> list[list[Completion]]:
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(settings.dtype))
@@ -80,13 +96,17 @@ def _sample_transformers(path: str, prompts, settings: SamplingSettings) -> list
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(eos_ids),
     )
+    template_kwargs = dict(settings.chat_template_kwargs or {})
     torch.manual_seed(settings.seed)  # every model sampled with one settings draws from the same stream
     on_cpu = model.device.type == "cpu" and supports_sample_tokens(model)
     results: list[list[Completion]] = []
     starts = range(0, len(prompts), settings.batch_size)
     for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 2):
         batch = prompts[start : start + settings.batch_size]
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **template_kwargs)
+            for p in batch
+        ]
         if on_cpu:
             prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
             new_tokens = sample_tokens(
@@ -115,18 +135,18 @@ def _sample_transformers(path: str, prompts, settings: SamplingSettings) -> list
     return results
 
 
-def _sample_vllm(path: str, prompts, settings: SamplingSettings) -> list[list[Completion]]:
+def _sample_vllm(path: str, tokenizer, prompts, settings: SamplingSettings) -> list[list[Completion]]:
     """One vLLM engine for this model, sized from the settings (its GPU share; a context of the longest prompt plus
     the completion budget, not the model's whole window), shut down and freed before the next model starts."""
     import gc
 
     import torch
-    from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    template_kwargs = dict(settings.chat_template_kwargs or {})
     longest = max(
-        len(tokenizer.apply_chat_template(list(p), add_generation_prompt=True)["input_ids"]) for p in prompts
+        len(tokenizer.apply_chat_template(list(p), add_generation_prompt=True, **template_kwargs)["input_ids"])
+        for p in prompts
     )
     llm = LLM(
         model=path,
@@ -143,7 +163,7 @@ def _sample_vllm(path: str, prompts, settings: SamplingSettings) -> list[list[Co
         seed=settings.seed,
     )
     try:
-        outputs = llm.chat([list(p) for p in prompts], params, use_tqdm=True)
+        outputs = llm.chat([list(p) for p in prompts], params, use_tqdm=True, chat_template_kwargs=template_kwargs)
     finally:
         shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
         if callable(shutdown):

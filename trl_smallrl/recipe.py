@@ -15,7 +15,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -27,6 +27,9 @@ from trl_smallrl.precision import use_cpu_default
 from trl_smallrl.redaction import redact_secrets
 
 RESOLVED_CONFIG_FILE = "smallrl_config.json"
+# Keys whose value is a mapping: YAML in a recipe, YAML or JSON text on a command line (TRL reads its own such keys
+# only as JSON that starts with "{", and our dataclasses not at all), read by `mapping_value` once a recipe is parsed.
+MAPPING_KEYS = ("chat_template_kwargs",)
 
 
 def _field_names(dataclass_types: Sequence[type]) -> list[str]:
@@ -77,7 +80,24 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else " `--help` lists every option."
             raise ConfigError(f"{source}: unknown key {key!r}.{hint}")
+    for config in parsed:
+        for name in MAPPING_KEYS:
+            if hasattr(config, name):
+                setattr(config, name, mapping_value(getattr(config, name), name))
     return tuple(parsed)
+
+
+def mapping_value(value, name: str) -> dict | None:
+    """The value of a mapping key (`MAPPING_KEYS`; also the teacher's `--chat-template-kwargs`) as a dict, None when
+    unset: a recipe's YAML mapping, or its YAML or JSON text; anything else is one `ConfigError` naming `name`."""
+    try:
+        parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    except yaml.YAMLError:
+        parsed = value
+    if parsed is not None and not (isinstance(parsed, Mapping) and all(isinstance(key, str) for key in parsed)):
+        example = "'{\"enable_thinking\": false}'"
+        raise ConfigError(f"{name}: {value!r} is not a mapping; write it as YAML or JSON, e.g. {example}.")
+    return None if parsed is None else dict(parsed)
 
 
 def _asks_for_the_cpu(recipe_values: dict, argv: Sequence[str]) -> bool:

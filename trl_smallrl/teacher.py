@@ -8,7 +8,10 @@ SFT recipe reads either through `traces_file`. No external API is involved: the 
 `models.resolve_model` accepts (Hub id in the local cache, folder, adapter folder, embedded alias).
 
 Sampling goes through `trl_smallrl.generation`, as evaluation does: vLLM when it is installed and a GPU is
-visible (much faster for k samples a prompt), else transformers' `generate`.
+visible (much faster for k samples a prompt), else transformers' `generate`. It renders the prompts with the
+teacher's `chat_template_kwargs` (`--chat-template-kwargs`; Qwen3: thinking on or off), and a kept trace is the
+whole assistant turn: where the teacher's template opens `<think>` in the prompt (DeepSeek-R1-Distill), that
+prefill is in front of the teacher's text, so the trace holds its `<think>...</think>` block as the format asks.
 """
 
 from __future__ import annotations
