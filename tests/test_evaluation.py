@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import math
 
@@ -9,7 +10,7 @@ import pytest
 
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.evaluation import results_table, summarize
+from trl_smallrl.evaluation import result_from_samples, results_table, summarize, table_main, write_samples
 from trl_smallrl.pass_rates import pass_at_k
 from trl_smallrl.recipe import parse_recipe
 
@@ -69,17 +70,18 @@ def test_summary_and_table_on_a_known_result():
 
     grpo = summarize([record(2, [True] * 4), record(2, [True] * 4), record(3, [True, False, False, False])], [1, 2])
     result = {
-        "spec": {"k": [1, 2]},
+        "spec": {"task": "knights_knaves", "k": [1, 2]},
         "models": [{"label": "base", "levels": summary}, {"label": "grpo", "levels": grpo}],
     }
     lines = results_table(result).splitlines()
-    assert lines[0] == "| level | model | prompts | pass@1 | pass@2 | format | mean tokens | truncated |"
-    # pass@1 of level 2 is the mean of 0.25 and 1.0; its half-width 1.96 * sd / sqrt(2), sd = 0.75 / sqrt(2)
-    assert lines[2] == "| 2 | base | 2 | 0.625 ± 0.735 | 0.750 ± 0.490 | 0.750 | 17.5 | 0.000 |"
-    assert lines[3] == "| 2 | grpo | 2 | 1.000 ± 0.000 | 1.000 ± 0.000 | 1.000 | 10.0 | 0.000 |"
-    assert lines[4].startswith("| 3 | base | 1 | 0.000 | 0.000 |")  # one prompt: no interval
+    assert lines[0] == "| level | model | prompts | pass@1 | pass@2 | chance | format | mean tokens | truncated |"
+    # pass@1 of level 2 is the mean of 0.25 and 1.0; its half-width 1.96 * sd / sqrt(2), sd = 0.75 / sqrt(2);
+    # a random guess among the 4 role assignments of 2 people: pass@1 0.25, pass@2 1 - 0.75^2
+    assert lines[2] == "| 2 | base | 2 | 0.625 ± 0.735 | 0.750 ± 0.490 | 0.250 / 0.438 | 0.750 | 17.5 | 0.000 |"
+    assert lines[3] == "| 2 | grpo | 2 | 1.000 ± 0.000 | 1.000 ± 0.000 | 0.250 / 0.438 | 1.000 | 10.0 | 0.000 |"
+    assert lines[4].startswith("| 3 | base | 1 | 0.000 | 0.000 | 0.125 / 0.234 |")  # one prompt: no interval
     assert lines[5].startswith("| 3 | grpo | 1 | 0.250 | 0.500 |")
-    assert lines[7].startswith("| all | grpo | 3 | 0.750 ± ")
+    assert lines[7].startswith("| all | grpo | 3 | 0.750 ± ") and "| - |" in lines[7]  # levels mixed: no chance
     # grpo minus base, prompt by prompt: level 2 gains 0.75 and 0 at pass@1, level 3 gains 0.25 on one prompt
     assert lines[9] == "grpo minus base, paired by prompt (95% interval):"
     assert lines[13] == "| 2 | +0.375 ± 0.735 | +0.250 ± 0.490 |"
@@ -180,7 +182,32 @@ def test_tiny_models_side_by_side(tiny_model_dir, tiny_grpo_run, tmp_path, capsy
     assert len(completions) == 4 and len(json.loads(completions[0])["texts"]) == 2
     table = (tmp_path / "eval" / "results.md").read_text()
     assert table == results_table(result) and "| all | grpo | 4 |" in table
-    assert table in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert table in out and "eval: model grpo (3 of 3): 4 prompts x 2" in out  # which model the eval is on
+    # The samples file alone rebuilds the same tables (every completion scored again by the verifier).
+    samples = tmp_path / "eval" / "samples.jsonl.gz"
+    with gzip.open(samples, "rt") as handle:
+        lines = [json.loads(line) for line in handle]
+    assert [line["model"] for line in lines] == ["base"] * 4 + ["same"] * 4 + ["grpo"] * 4
+    first = lines[0]
+    assert set(first) == {"model", "level", "puzzle_id", "row", "completions", "correct", "lengths", "truncated"}
+    assert first["row"]["task"] == "knights_knaves" and "prompt" not in first["row"] and len(first["completions"]) == 2
+    assert first["puzzle_id"] == lines[4]["puzzle_id"] != lines[1]["puzzle_id"]  # the same puzzle across models
+    table_main([str(samples), "--k", "1", "2"])
+    assert capsys.readouterr().out == table
+
+
+def test_the_samples_file_refuses_verdicts_the_verifier_does_not_give(tmp_path):
+    right = "<think>x</think>\n<answer>(1) Ava is a knight\n(2) Ben is a knave</answer>"
+    row = {"task": "knights_knaves", "level": 2, "names": ["Ava", "Ben"], "solution": [True, False],
+           "knight_knave": {"knight": "knight", "knave": "knave"}}  # fmt: skip
+    line = {"model": "m", "level": 2, "puzzle_id": "p", "row": row, "completions": [right, "no"],
+            "correct": [True, False], "lengths": [9, 1], "truncated": [False, False]}  # fmt: skip
+    write_samples([line], tmp_path / "ok.jsonl.gz")
+    assert result_from_samples(tmp_path / "ok.jsonl.gz", [1, 2])["models"][0]["levels"]["2"]["pass@1"] == 0.5
+    write_samples([{**line, "correct": [True, True]}], tmp_path / "edited.jsonl.gz")
+    with pytest.raises(ConfigError, match="m/p: the stored verdicts"):
+        result_from_samples(tmp_path / "edited.jsonl.gz")
 
 
 def test_eval_recipe_takes_the_chat_template_kwargs(tmp_path):

@@ -1,6 +1,7 @@
 """Resume is exact: a run interrupted at a checkpoint and resumed logs the same per-step metrics and ends with the same
 weights as a run that never stopped (CPU, float32, one seed), for SFT and GRPO, LoRA and full fine-tuning, GRPO with
-the curriculum moving up a level and dynamic sampling drawing fresh prompts.
+the curriculum moving up a level and dynamic sampling drawing fresh prompts, and the held-out curve sampled at each
+checkpoint.
 
 A run of the reference recipe spans several sittings (`--resume_from_checkpoint last`); a resume that drew other
 prompts or another random state would make those sittings a different experiment from the one the recipe describes.
@@ -46,6 +47,8 @@ def _recipe(tmp_path: Path, model_dir: str, method: str, peft: bool) -> Path:
         "use_peft": peft,
         "lora_r": 4,
         "lora_target_modules": "all-linear",
+        "heldout_num_samples": 1,  # the held-out curve at each checkpoint samples outside the training's random stream
+        "heldout_max_new_tokens": 8,
     }
     if method == "grpo":
         recipe |= {
@@ -99,6 +102,8 @@ def test_a_resumed_run_is_the_run_that_never_stopped(tiny_model_dir, tmp_path, m
     whole, after = _step_logs(straight), _step_logs(resumed)
     assert [entry["step"] for entry in whole] == list(range(1, STEPS + 1))
     assert after == whole  # every metric of every step: the resumed state carried the run's history and went on
+    curve = [entry["step"] for entry in whole if "heldout/pass@1_level_2" in entry and "heldout/format" in entry]
+    assert curve == [CHECKPOINT, STEPS]  # the held-out curve, with the step of each checkpoint
     if method == "grpo":  # what makes the comparison bite: the level changed and fresh prompts were drawn
         assert [entry["curriculum/level"] for entry in whole] == [2, 2, 3, 3]
         assert all(entry["dynamic_sampling/tries"] == 1 for entry in whole)

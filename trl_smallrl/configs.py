@@ -234,16 +234,21 @@ COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
 
 
 @dataclass
-class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
+class HeldOutCurveArguments:
+    """The held-out curve at every checkpoint (`heldout.HeldOutCurve`): pass@1 on the recipe's eval split."""
+
+    heldout_num_samples: int = field(
+        default=0, metadata={"help": "Samples a held-out row a checkpoint (0: no curve)."}
+    )
+    heldout_max_new_tokens: int = field(default=384, metadata={"help": "Held-out completion tokens at most."})
+
+
+@dataclass
+class GRPOConfig(HeldOutCurveArguments, CPUPrecisionArguments, trl.GRPOConfig):
     """TRL's `GRPOConfig` plus what trl-smallrl adds (dynamic sampling, monitors, resets)."""
 
-    dynamic_sampling: str = field(
-        default="none",
-        metadata={
-            "help": "Zero-variance groups (DAPO): none | mask (drop from loss and normalization) | "
-            "resample (replace them with groups of fresh prompts)."
-        },
-    )
+    dynamic_sampling: str = field(default="none", metadata={"help": "Zero-variance groups (DAPO): none | mask (drop "
+        "from loss and normalization) | resample (replace them with groups of fresh prompts)."})  # fmt: skip
     dynamic_sampling_max_tries: int = field(
         default=3, metadata={"help": "resample: extra generation rounds at most per generation batch."}
     )
@@ -259,14 +264,9 @@ class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
     collapse_action: str = field(
         default="warn", metadata={"help": "Collapse: warn | stop | rollback (to the best checkpoint, then go on)."}
     )
-    resets: str | None = field(
-        default=None,
-        metadata={
-            "help": "ProRL hard resets (trl_smallrl.resets): a YAML list (JSON on the command line) of phases, "
-            "each with a trigger (at_step or patience + metric) and overrides (temperature, top_p, "
-            "max_completion_length, learning_rate, lora_r, lora_alpha, lora_target_modules)."
-        },
-    )
+    resets: str | None = field(default=None, metadata={"help": "ProRL hard resets (trl_smallrl.resets): a YAML list "
+        "(JSON on the command line) of phases, each with a trigger (at_step or patience + metric) and overrides "
+        "(temperature, top_p, max_completion_length, learning_rate, lora_r, lora_alpha, lora_target_modules)."})  # fmt: skip
 
     def __post_init__(self):
         self.validate_cpu_precision()
@@ -277,7 +277,7 @@ class GRPOConfig(CPUPrecisionArguments, trl.GRPOConfig):
         if self.dynamic_sampling_max_tries < 0:
             raise ConfigError(f"dynamic_sampling_max_tries: {self.dynamic_sampling_max_tries} must be >= 0.")
         parse_reset_phases(self.resets)  # a mistake in a phase fails at parse time, not at the reset
-        require_positive(self, *TRAINING_COUNTS, "num_generations", "max_completion_length")
+        require_positive(self, *TRAINING_COUNTS, "num_generations", "max_completion_length", "heldout_max_new_tokens")
         super().__post_init__()
         per_rank = self.per_device_train_batch_size * self.steps_per_generation
         if self.dynamic_sampling == "resample" and per_rank % self.num_generations:
@@ -307,7 +307,7 @@ class SFTScriptArguments(DataArguments):
 
 
 @dataclass
-class SFTConfig(CPUPrecisionArguments, trl.SFTConfig):
+class SFTConfig(HeldOutCurveArguments, CPUPrecisionArguments, trl.SFTConfig):
     """TRL's `SFTConfig` plus what trl-smallrl adds for the warm-up stage."""
 
     _VALID_DICT_FIELDS = [*trl.SFTConfig._VALID_DICT_FIELDS, "chat_template_kwargs"]
@@ -322,7 +322,7 @@ class SFTConfig(CPUPrecisionArguments, trl.SFTConfig):
 
     def __post_init__(self):
         self.validate_cpu_precision()
-        require_positive(self, *TRAINING_COUNTS, "max_length")
+        require_positive(self, *TRAINING_COUNTS, "max_length", "heldout_max_new_tokens")
         super().__post_init__()
 
 

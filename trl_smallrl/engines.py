@@ -93,6 +93,13 @@ def check_engine_combinations(training_args, model_args) -> None:
             f"resets: hard resets are not supported under {where} (the float32 merge reads sharded weights and the "
             f"new adapter escapes the engine's optimizer); launch with {SUPPORTED_ENGINES}, or drop resets."
         )
+    sharded = name == "fsdp" or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    if getattr(training_args, "heldout_num_samples", 0) and sharded:
+        raise ConfigError(
+            f"heldout_num_samples: the held-out curve samples on one process from whole weights, which {where} "
+            f"{'ZeRO-3 ' if name == 'deepspeed' else ''}shards; set heldout_num_samples: 0 and run `make eval` on the "
+            "checkpoints, or launch with ZeRO-2 or DDP."
+        )
     if getattr(training_args, "collapse_action", None) == "rollback":
         raise ConfigError(
             f"collapse_action: rollback is not supported under {where} (the engine's float32 master weights overwrite "

@@ -14,6 +14,8 @@ the honest test of "this stage added something" (Miller 2024, "Adding Error Bars
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import time
@@ -163,11 +165,19 @@ def _with_interval(value: float, half_width: float | None, sign: str = "") -> st
     return f"{value:{sign}.3f}" if half_width is None else f"{value:{sign}.3f} ± {half_width:.3f}"
 
 
+def _chance(task, level: str, ks: Sequence[int]) -> str:
+    """pass@k of a uniform guess at this level, for each k (`Task.chance_pass_at_k`), or "-" where none."""
+    chances = [task.chance_pass_at_k(int(level), k) for k in ks] if task and level.isdigit() else [None]
+    return "-" if None in chances else " / ".join(f"{chance:.3f}" for chance in chances)
+
+
 def results_table(result: Mapping[str, Any]) -> str:
     """Markdown tables of an eval result: one row per level and model (models side by side per level), pass@k
-    with its 95% half-width; then, with several models, each one's paired difference from the one before."""
+    with its 95% half-width and the pass@k of a random guess beside it ("chance", one figure per k); then, with
+    several models, each one's paired difference from the one before."""
     ks = result["spec"]["k"]
-    header = ["level", "model", "prompts", *[f"pass@{k}" for k in ks], "format", "mean tokens", "truncated"]
+    task = get_task(result["spec"]["task"]) if result["spec"].get("task") else None
+    header = ["level", "model", "prompts", *[f"pass@{k}" for k in ks], "chance", "format", "mean tokens", "truncated"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     levels = []
     for model in result["models"]:
@@ -183,6 +193,7 @@ def results_table(result: Mapping[str, Any]) -> str:
                 model["label"],
                 str(stats["prompts"]),
                 *[_with_interval(stats[f"pass@{k}"], stats.get(f"pass@{k}_ci95")) for k in ks],
+                _chance(task, level, ks),
                 f"{stats['format_rate']:.3f}",
                 f"{stats['mean_length']:.1f}",
                 f"{stats['truncated_rate']:.3f}",
@@ -210,11 +221,85 @@ def write_result(result: Mapping[str, Any], output_dir: str | os.PathLike) -> tu
     return json_path, table_path
 
 
+SAMPLES_FILE = "samples.jsonl.gz"
+
+
+def puzzle_id(row: Mapping[str, Any]) -> str:
+    """A row's identity across models and runs: a digest of its prompt (the pairing key of `samples.jsonl.gz`)."""
+    return hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sample_records(label: str, rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> list:
+    """One line a row for `samples.jsonl.gz`: the model's label, the level, the puzzle's id, the row as the task's
+    `is_correct` takes it (every column but the prompt), the completions, whether each is correct, their lengths in
+    tokens and whether each was cut at the token budget."""
+    return [
+        {
+            "model": label,
+            "level": record["level"],
+            "puzzle_id": puzzle_id(row),
+            "row": {key: value for key, value in row.items() if key != "prompt"},
+            "completions": record["texts"],
+            "correct": record["correct"],
+            "lengths": record["lengths"],
+            "truncated": record["truncated"],
+        }
+        for row, record in zip(rows, records, strict=True)
+    ]
+
+
+def write_samples(lines: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """`lines` as gzip-compressed JSON lines, written atomically (mtime 0: the same samples give the same bytes)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+            handle.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+
+    return atomic.write_file(path, write)
+
+
+def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> dict[str, Any]:
+    """The eval result (per model and level, pass@k with intervals) from a `samples.jsonl.gz` alone.
+
+    Every completion is scored again by its row's task verifier, and a stored `correct` that disagrees is an error:
+    the table is rebuilt from the texts, not only from their recorded verdicts. Models keep the file's order; each
+    model's rows are put in the first model's puzzle order, so the paired differences pair the same puzzles.
+    """
+    with gzip.open(path, "rt") as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    if not lines:
+        raise ConfigError(f"samples: {str(path)!r} holds no samples; give the samples.jsonl.gz of an eval.")
+    by_model: dict[str, dict[str, dict]] = {}
+    for line in lines:
+        by_model.setdefault(line["model"], {})[line["puzzle_id"]] = line
+    order = list(next(iter(by_model.values())))
+    task_name = lines[0]["row"]["task"]
+    n = len(lines[0]["completions"])
+    models = []
+    for label, puzzles in by_model.items():
+        records = []
+        for pid in [pid for pid in order if pid in puzzles]:
+            line = puzzles[pid]
+            task = get_task(line["row"]["task"])
+            correct = [task.is_correct(text, line["row"]) for text in line["completions"]]
+            if correct != line["correct"]:
+                raise ConfigError(f"samples: {label}/{pid}: the stored verdicts {line['correct']} are not the "
+                                  f"verifier's {correct}; the file was edited or written by another verifier.")  # fmt: skip
+            records.append({"level": line["level"], "correct": correct, "lengths": line["lengths"],
+                            "formatted": [has_strict_format(text) for text in line["completions"]],
+                            "truncated": line["truncated"]})  # fmt: skip
+        models.append({"label": label, "levels": summarize(records, [k for k in ks if k <= n])})
+    spec = {"task": task_name, "k": [k for k in ks if k <= n], "num_samples": n, "samples_file": str(path)}
+    return {"spec": spec, "models": models}
+
+
 def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[Mapping[str, Any]] | None = None):
     """Evaluate every model of `eval_args` on the eval rows; write and return the result.
 
     The result is rewritten after each model, so a long comparison killed midway keeps the models done.
-    Every model's completions go to `completions/<label>.jsonl` for reading what the model wrote.
+    Every model's completions go to `completions/<label>.jsonl` for reading what the model wrote, and all models'
+    samples with the rows they were scored against to `samples.jsonl.gz`, from which `smallrl-eval-table` rebuilds
+    the tables alone.
     """
     specs = _model_specs(eval_args.eval_models)
     if rows is None:
@@ -240,10 +325,16 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     }
     output_dir = Path(eval_args.eval_output_dir)
     settings = sampling_settings(eval_args)  # the same seed for every model: they draw from the same stream
-    for label, name in specs:
+    sample_lines: list[dict] = []
+    for number, (label, name) in enumerate(specs, 1):
+        print(
+            f"eval: model {label} ({number} of {len(specs)}): {len(rows)} prompts x {settings.num_samples}", flush=True
+        )
         started = time.perf_counter()
         samples = sample(name, [row["prompt"] for row in rows], settings, field="eval_models")
         records = score_samples(rows, samples)
+        sample_lines += sample_records(label, rows, records)
+        write_samples(sample_lines, output_dir / SAMPLES_FILE)
         completions = "".join(
             json.dumps({key: record[key] for key in ("level", "answer", "texts", "correct", "formatted")}) + "\n"
             for record in records
@@ -260,6 +351,20 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
         )
         write_result(result, output_dir)
     return result
+
+
+@entry_point
+def table_main(argv: list[str] | None = None) -> None:
+    """`smallrl-eval-table SAMPLES [--k 1 4]`: the results table and paired intervals from an eval's samples alone."""
+    from trl_smallrl.cli import CommandParser
+
+    parser = CommandParser(prog="smallrl-eval-table", description=table_main.__doc__)
+    parser.add_argument("samples", help="samples.jsonl.gz written by smallrl-eval")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 4], help="the k of pass@k (<= samples a puzzle)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.samples):
+        raise ConfigError(f"samples: {args.samples!r} does not exist; give the samples.jsonl.gz of an eval.")
+    print(results_table(result_from_samples(args.samples, args.k)), end="")
 
 
 @entry_point

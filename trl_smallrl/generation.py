@@ -67,7 +67,11 @@ def sample(
     path = resolve_model(name_or_path, field=field)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     backend = _sample_vllm if _vllm_usable() else _sample_transformers
-    samples = backend(path, tokenizer, prompts, settings)
+    return with_template_prefill(backend(path, tokenizer, prompts, settings), tokenizer, settings)
+
+
+def with_template_prefill(samples: list[list[Completion]], tokenizer, settings: SamplingSettings):
+    """Each text with the template's `<think>` prefill in front where the template has one (module docstring)."""
     prefill = template_prefill(tokenizer, settings.chat_template_kwargs)
     if not prefill:
         return samples
@@ -76,13 +80,24 @@ def sample(
 
 def _sample_transformers(path: str, tokenizer, prompts, settings: SamplingSettings) -> list[list[Completion]]:
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(settings.dtype))
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    torch.manual_seed(settings.seed)  # every model sampled with one settings draws from the same stream
+    return sample_with_model(model, tokenizer, prompts, settings)
+
+
+def sample_with_model(model, tokenizer, prompts, settings: SamplingSettings, desc: str = "generating"):
+    """`settings.num_samples` completions for each prompt from a loaded model, from torch's current random state
+    (`sample` seeds it; a checkpoint's held-out curve forks it), `settings.batch_size` prompts a call: on a CPU
+    through `decoding.sample_tokens` where it runs the model, else `generate`. Texts as the model wrote them."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     sampling = settings.temperature > 0
@@ -97,11 +112,10 @@ def _sample_transformers(path: str, tokenizer, prompts, settings: SamplingSettin
         eos_token_id=sorted(eos_ids),
     )
     template_kwargs = dict(settings.chat_template_kwargs or {})
-    torch.manual_seed(settings.seed)  # every model sampled with one settings draws from the same stream
     on_cpu = model.device.type == "cpu" and supports_sample_tokens(model)
     results: list[list[Completion]] = []
     starts = range(0, len(prompts), settings.batch_size)
-    for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 2):
+    for start in tqdm(starts, desc=desc, unit="batch", disable=len(starts) < 2):
         batch = prompts[start : start + settings.batch_size]
         texts = [
             tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **template_kwargs)
@@ -120,7 +134,8 @@ def _sample_transformers(path: str, tokenizer, prompts, settings: SamplingSettin
                 compute_dtype=decode_compute_dtype(settings.dtype),
             )
         else:
-            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+            inputs = inputs.to(model.device)
             with torch.inference_mode():
                 output = model.generate(**inputs, generation_config=config)
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()

@@ -65,6 +65,16 @@ RUN_FIGURES: dict[str, tuple[Panel, ...]] = {
             right_integer=True,
         ),
     ),
+    "heldout_curve": (
+        Panel(
+            "Held-out pass@1 per level at each checkpoint (band: 95%), training correctness",
+            "pass@1 / correctness",
+            (r"heldout/pass@1_level_\d+", r"health/accuracy"),
+            right_patterns=(r"curriculum/level",),
+            right_label="curriculum level",
+            right_integer=True,
+        ),
+    ),
     "think_length": (Panel("Think length", "tokens", (r".*think.*(mean|min).*",)),),
     "completion_length": (
         Panel(
@@ -132,6 +142,9 @@ def _natural_order(key: str) -> list:
 
 
 def _std_key(key: str) -> str | None:
+    """The metric drawn as a band around `key`: its std, or for a held-out pass@1 its 95% half-width."""
+    if key.startswith("heldout/pass@1_level_"):
+        return key.replace("pass@1_level_", "pass@1_ci95_level_")
     if key == "reward":
         return "reward_std"
     if key.endswith("/mean"):

@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from transformers import Trainer
 
+from trl_smallrl import console
 from trl_smallrl.checkpoints import resume_checkpoint
 from trl_smallrl.engines import check_engine_combinations
 from trl_smallrl.errors import ConfigError
@@ -27,6 +28,7 @@ from trl_smallrl.monitors import CheckpointOnSignal
 from trl_smallrl.precision import decide_training_precision
 from trl_smallrl.recipe import parse_recipe, save_resolved_config
 from trl_smallrl.redaction import take_secrets_out
+from trl_smallrl.tasks.rows import build_rows
 from trl_smallrl.tracking import setup_tracking
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,15 @@ def train(
     setup_tracking(training_args)  # wandb without a key runs offline, never prompts
     push_at_end = defer_push_to_hub(training_args)
     hub_token = take_secrets_out(training_args)  # the Trainer pickles its arguments into every checkpoint
+    heldout_rows = heldout_curve_rows(script_args, training_args)
     with output_dir_lock(training_args.output_dir):
         trainer = build_trainer(script_args, training_args, model_args)
+        console.install(trainer)  # a bar and a short line a step, not the whole dictionary of metrics
+        if heldout_rows:
+            from trl_smallrl.heldout import HeldOutCurve  # the eval's scoring: loaded only for the curve
+
+            samples, tokens = training_args.heldout_num_samples, training_args.heldout_max_new_tokens
+            trainer.add_callback(HeldOutCurve(trainer, heldout_rows, samples, tokens))
         stop_on_signal = CheckpointOnSignal()
         trainer.add_callback(stop_on_signal)
         if trainer.accelerator.is_main_process:
@@ -95,6 +104,22 @@ def train(
 
         push_run(training_args.output_dir, token=hub_token)
     return trainer
+
+
+def heldout_curve_rows(script_args, training_args) -> list:
+    """The eval split's rows that the held-out curve scores at each checkpoint (`heldout`), built before any model
+    loads; none when the recipe asks for no curve (`heldout_num_samples: 0`)."""
+    samples = getattr(training_args, "heldout_num_samples", 0)
+    if samples < 0:
+        raise ConfigError(f"heldout_num_samples: {samples} must be >= 0 (0: no held-out curve).")
+    if not samples:
+        return []
+    rows = build_rows(script_args, "eval")
+    if not rows:
+        raise ConfigError(
+            "heldout_num_samples: the eval split is empty; set eval_size > 0, or heldout_num_samples: 0."
+        )
+    return rows
 
 
 def defer_push_to_hub(training_args) -> bool:

@@ -140,5 +140,10 @@ class Task:
             f"`smallrl-traces --teacher MODEL --task {self.name} --out traces.jsonl` and set traces_file."
         )
 
+    def chance_pass_at_k(self, level: int, k: int) -> float | None:
+        """pass@k of a uniform random guess at `level`, where the task has a finite answer space (None where not):
+        the figure every accuracy must be set against."""
+        return None
+
     def levels_or_default(self, levels: Iterable[int] | None) -> list[int]:
         return list(levels) if levels else list(self.default_levels)

@@ -164,6 +164,11 @@ class KnightsKnavesTask(Task):
     def score(self, completion: Any, row: Mapping[str, Any]) -> float:
         return grade(self.extract_answer(completion), row, self.partial_credit)
 
+    def chance_pass_at_k(self, level: int, k: int) -> float | None:
+        """A uniform guess among the 2^n role assignments: pass@1 = 2^-n (0.25 at 2 people, 0.125 at 3), and k
+        independent guesses pass@k = 1 - (1 - 2^-n)^k (0.68 and 0.41 at k = 4)."""
+        return 1.0 - (1.0 - 2.0 ** -int(level)) ** k
+
     def write_trace(self, row: Mapping[str, Any]) -> str:
         return write_trace(row)
 

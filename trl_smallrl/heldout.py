@@ -1,0 +1,107 @@
+"""The held-out learning curve: pass@1 on the recipe's eval rows at every checkpoint, logged with the step.
+
+The training reward says how the model does on the prompts it trains on, at the curriculum's current level; whether
+it learns to reason shows on puzzles it never trains on, at every level. So at each checkpoint `HeldOutCurve`
+samples `heldout_num_samples` completions for each row of the recipe's eval split (`eval_size` a level, the same rows
+`smallrl-eval` takes first with the same `task_seed`), at the eval's sampling (temperature 0.7, top-p 0.95, the
+eval's fixed seed, so every checkpoint is scored on the same draws and two points differ by the model alone), and
+logs per level `heldout/pass@1_level_N` and its 95% half-width `heldout/pass@1_ci95_level_N`, and
+`heldout/format`. The values join the step's own metrics (trainer_state.json, the trackers, the checkpoint), so a
+resumed run has the points before it; `smallrl-plot` draws them beside the training correctness and the level.
+
+It samples on the main process from the model as it is, in its own random stream (the training's random state is
+left as it was, so a run with the curve trains as a run without it), with the LoRA update added into the base on a
+CPU as the rollouts do. Sharded weights (ZeRO-3, FSDP) are not whole on one process: refused at launch
+(`engines.check_engine_combinations`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from trl_smallrl.adapters import adapter_added_to_base
+from trl_smallrl.configs import EvalArguments
+from trl_smallrl.evaluation import sampling_settings, score_samples, summarize
+from trl_smallrl.generation import sample_with_model, with_template_prefill
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "heldout/"
+
+
+def curve_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """`heldout/pass@1_level_N`, its 95% half-width and `heldout/format` from scored samples (`score_samples`)."""
+    summary = summarize(records, [1])
+    metrics = {}
+    for level, stats in summary.items():
+        if level.isdigit():
+            metrics[f"{PREFIX}pass@1_level_{level}"] = stats["pass@1"]
+            metrics[f"{PREFIX}pass@1_ci95_level_{level}"] = stats["pass@1_ci95"]
+    if "all" in summary:
+        metrics[f"{PREFIX}format"] = summary["all"]["format_rate"]
+    return metrics
+
+
+class HeldOutCurve(TrainerCallback):
+    """Held-out pass@1 at each step that saves a checkpoint, added to the metrics that step logs (module docstring).
+
+    `rows`: the eval split's rows (the task's row schema); the metrics go into the trainer's own metric lists
+    (`_metrics["train"]`, which TRL's SFT and GRPO trainers average into the next log), so they are logged at the
+    step the checkpoint holds.
+    """
+
+    def __init__(self, trainer, rows: Sequence[Mapping[str, Any]], num_samples: int, max_new_tokens: int):
+        self.trainer, self.rows = trainer, list(rows)
+        chat_template_kwargs = getattr(trainer.args, "chat_template_kwargs", None)
+        self.settings = sampling_settings(
+            EvalArguments(
+                eval_num_samples=num_samples,
+                eval_k=[1],
+                eval_max_new_tokens=max_new_tokens,
+                eval_generation_batch_size=max(1, 100 // num_samples),  # 100 completions share one KV cache
+                chat_template_kwargs=chat_template_kwargs,
+            )
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not control.should_save or not self.rows:
+            return
+        if state.is_world_process_zero:
+            started = time.perf_counter()
+            metrics = curve_metrics(score_samples(self.rows, self.sample()))
+            for key, value in metrics.items():
+                self.trainer._metrics["train"][key].append(value)
+            levels = ", ".join(
+                f"{key.rsplit('_', 1)[1]} people {value:.3f}"
+                for key, value in metrics.items()
+                if "pass@1_level" in key
+            )
+            logger.info(
+                "held-out pass@1 at step %d: %s (%.0f s)", state.global_step, levels, time.perf_counter() - started
+            )
+        self.trainer.accelerator.wait_for_everyone()
+
+    def sample(self):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        tokenizer = self.trainer.processing_class
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
+        prompts = [row["prompt"] for row in self.rows]
+        training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(self.settings.seed)
+                if model.device.type == "cpu" and hasattr(model, "peft_config"):
+                    with adapter_added_to_base(model) as plain:
+                        samples = sample_with_model(plain, tokenizer, prompts, self.settings, desc="held-out")
+                else:
+                    samples = sample_with_model(model, tokenizer, prompts, self.settings, desc="held-out")
+        finally:
+            model.train(training)
+        return with_template_prefill(samples, tokenizer, self.settings)
