@@ -143,6 +143,21 @@ def test_embedded_grpo_recipe_trains_in_float32_on_a_cpu_without_bf16(cpu, tiny_
 
 
 @pytest.mark.slow
+def test_cpu_precision_bf16_runs_where_bf16_is_emulated(cpu, tiny_model_dir, tmp_path):
+    """`cpu_precision: bf16` keeps bf16 on a CPU without native support, as the README promises: the rollouts' LM
+    head must not take oneDNN's bf16 path, which raises on such CPUs (AVX2: "mkldnn_linear: bf16 path needs ...")."""
+    from trl_smallrl import grpo
+
+    cpu(WITHOUT_BF16)
+    trainer = grpo.train(
+        ["--config", str(RECIPES / "grpo" / "kk_curriculum.yaml"), "--model_name_or_path", tiny_model_dir]
+        + ["--output_dir", str(tmp_path / "grpo"), "--cpu_precision", "bf16", "--max_steps", "1"]
+        + ["--train_size", "8", "--max_completion_length", "8", "--save_strategy", "no"]
+    )
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.state.global_step == 1
+
+
+@pytest.mark.slow
 def test_embedded_sft_recipe_trains_in_float32_on_a_cpu_without_bf16(cpu, tiny_model_dir, tmp_path):
     from trl_smallrl import sft
 

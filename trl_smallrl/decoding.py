@@ -256,7 +256,13 @@ def _lm_head(model, dtype):
     import torch
 
     head = model.get_output_embeddings()
-    if head.weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    from trl_smallrl.precision import cpu_info
+
+    # oneDNN's bf16 linear needs AVX512 (BW, VL, DQ) or AVX-NE-CONVERT and raises elsewhere ("mkldnn_linear: bf16
+    # path needs the cpu support ..."): a CPU without native bf16, where `cpu_precision: bf16` still asks for it,
+    # takes torch's own (emulated) matmul.
+    onednn = torch.backends.mkldnn.is_available() and (dtype == torch.float32 or cpu_info().native_bf16)
+    if head.weight.device.type != "cpu" or not onednn:
         weight, bias = head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype)  # cast once a call
         return lambda hidden: torch.nn.functional.linear(hidden.to(dtype), weight, bias)
     import torch.utils.mkldnn
