@@ -241,6 +241,7 @@ class HeldOutCurveArguments:
         default=0, metadata={"help": "Samples a held-out row a checkpoint (0: no curve)."}
     )
     heldout_max_new_tokens: int = field(default=384, metadata={"help": "Held-out completion tokens at most."})
+    heldout_steps: int = field(default=0, metadata={"help": "Steps between held-out points, a multiple of save_steps (0: every checkpoint)."})  # fmt: skip
 
 
 @dataclass

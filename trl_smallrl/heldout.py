@@ -49,15 +49,18 @@ def curve_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 class HeldOutCurve(TrainerCallback):
-    """Held-out pass@1 at each step that saves a checkpoint, added to the metrics that step logs (module docstring).
+    """Held-out pass@1 at each step that saves a checkpoint (every `every` steps of them, where given), added to the
+    metrics that step logs (module docstring).
 
     `rows`: the eval split's rows (the task's row schema); the metrics go into the trainer's own metric lists
     (`_metrics["train"]`, which TRL's SFT and GRPO trainers average into the next log), so they are logged at the
     step the checkpoint holds.
     """
 
-    def __init__(self, trainer, rows: Sequence[Mapping[str, Any]], num_samples: int, max_new_tokens: int):
-        self.trainer, self.rows = trainer, list(rows)
+    def __init__(
+        self, trainer, rows: Sequence[Mapping[str, Any]], num_samples: int, max_new_tokens: int, every: int = 0
+    ):
+        self.trainer, self.rows, self.every = trainer, list(rows), every
         chat_template_kwargs = getattr(trainer.args, "chat_template_kwargs", None)
         self.settings = sampling_settings(
             EvalArguments(
@@ -70,7 +73,7 @@ class HeldOutCurve(TrainerCallback):
         )
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not control.should_save or not self.rows:
+        if not control.should_save or not self.rows or (self.every and state.global_step % self.every):
             return
         if state.is_world_process_zero:
             started = time.perf_counter()

@@ -81,7 +81,7 @@ def train(
             from trl_smallrl.heldout import HeldOutCurve  # the eval's scoring: loaded only for the curve
 
             samples, tokens = training_args.heldout_num_samples, training_args.heldout_max_new_tokens
-            trainer.add_callback(HeldOutCurve(trainer, heldout_rows, samples, tokens))
+            trainer.add_callback(HeldOutCurve(trainer, heldout_rows, samples, tokens, training_args.heldout_steps))
         stop_on_signal = CheckpointOnSignal()
         trainer.add_callback(stop_on_signal)
         if trainer.accelerator.is_main_process:
@@ -114,6 +114,12 @@ def heldout_curve_rows(script_args, training_args) -> list:
         raise ConfigError(f"heldout_num_samples: {samples} must be >= 0 (0: no held-out curve).")
     if not samples:
         return []
+    every, save_steps = training_args.heldout_steps, training_args.save_steps
+    if every < 0 or (every and (training_args.save_strategy != "steps" or every % save_steps)):
+        raise ConfigError(
+            f"heldout_steps: {every} must be 0 or a multiple of save_steps ({save_steps}, save_strategy steps): the "
+            "held-out curve is scored at checkpoints."
+        )
     rows = build_rows(script_args, "eval")
     if not rows:
         raise ConfigError(
