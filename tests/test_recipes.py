@@ -152,3 +152,17 @@ def test_a_vllm_share_without_room_for_the_generation_batchs_cache_is_refused(tm
     ):
         check_with_computed_memory(write(tmp_path, body + "vllm_gpu_memory_utilization: 0.25\n"))
     check_with_computed_memory(write(tmp_path, body + "vllm_gpu_memory_utilization: 0.35\n"))
+
+
+def test_gpu_smoke_measures_one_process_where_the_recipe_runs_four():
+    """`make gpu-smoke` can only run one process on its one GPU. For the R1-Distill-1.5B recipe (4 processes under
+    ZeRO-2) that process holds the whole optimizer, more than the A40's 48 GiB: a check of it under that cap could not
+    pass. So the check compares its measurement with this one-process estimate, and the recipe's 4-process figure
+    with the GPU."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "deepseek-r1-distill-qwen-1.5b" / "grpo"
+    one, four = (
+        check_recipe(recipe / "open_rs_cosine.yaml", num_processes=1),
+        check_recipe(recipe / "open_rs_cosine.yaml"),
+    )
+    assert (one.num_processes, four.num_processes) == (1, 4)
+    assert one.memory_gb > 48 > four.memory_gb

@@ -160,8 +160,11 @@ def check_generation_batch(recipe: dict, num_processes: int, where: str) -> int:
     return batch
 
 
-def check_recipe(path: Path) -> RecipeReport:
-    """Parse one recipe as its entry point would, build its model on meta, check batches and memory."""
+def check_recipe(path: Path, num_processes: int | None = None) -> RecipeReport:
+    """Parse one recipe as its entry point would, build its model on meta, check batches and memory.
+
+    `num_processes` replaces the header's count (what one GPU holds when the recipe runs on that many: `make
+    gpu-smoke` measures one process); the header's `memory_per_gpu` is then not compared."""
     method = path.parent.name
     where = str(path)
     batch = None
@@ -171,8 +174,9 @@ def check_recipe(path: Path) -> RecipeReport:
         raise ConfigError(
             f"{where}: missing header comment(s) {', '.join(f'# {k}:' for k in missing)}; see recipes.py."
         )
+    stated_processes = num_processes is None
     try:
-        num_processes = int(headers["num_processes"])
+        num_processes = int(headers["num_processes"]) if stated_processes else num_processes
     except ValueError as err:
         raise ConfigError(f"{where}: '# num_processes: {headers['num_processes']}' must be an integer.") from err
     recipe = yaml.safe_load(path.read_text()) or {}
@@ -221,7 +225,8 @@ def check_recipe(path: Path) -> RecipeReport:
                 num_processes,
                 float(headers["gpu_memory_gb"]),
             )
-            check_memory_header(where, headers, estimate)
+            if stated_processes:
+                check_memory_header(where, headers, estimate)
             if method == "grpo":
                 check_vllm_cache(where, config, recipe, parameters, float(headers["gpu_memory_gb"]))
             memory_gb = estimate.total
