@@ -18,8 +18,7 @@ EVAL_RECIPE ?= recipes/smollm2-135m-instruct/eval/kk_levels.yaml
 SFT_OUTPUT ?= outputs/sft/kk_warmup
 GRPO_EVAL_RECIPE ?= recipes/smollm2-135m-instruct/eval/kk_sft_vs_grpo.yaml
 GRPO_EVAL ?= 1
-REFERENCE_RECIPES ?= recipes/smollm2-135m-instruct
-REFERENCE_OUTPUT ?= outputs/reference
+REFERENCE_RECIPES := recipes/smollm2-135m-instruct
 RECIPE ?=
 ARGS ?=
 ACCELERATE_CONFIG ?=
@@ -81,21 +80,24 @@ grpo: install $(if $(RECIPE),,$(SFT_OUTPUT)/trainer_state.json)
 	echo "GRPO training took $$(( $$(date +%s) - start )) s"
 	@$(if $(and $(GRPO_EVAL),$(if $(RECIPE)$(findstring output_dir,$(ARGS)),,1)),start=$$(date +%s); \
 	$(PY) -m trl_smallrl.evaluation --config $(GRPO_EVAL_RECIPE) || exit $$?; \
-	echo "held-out eval of SFT and GRPO took $$(( $$(date +%s) - start )) s (apart from training)"; \
-	echo "chance (a random guess): pass@1 0.25 at 2 people, 0.125 at 3. The hour shows the pipeline at work; what RL adds \
-	to a warm-up that reasons shows in the reference run: make reference (a night on a CPU, resumable).",true)
+	echo "held-out eval of SFT and GRPO took $$(( $$(date +%s) - start )) s (apart from training)",true)
+	@echo "chance (a random guess): pass@1 0.25 at 2 people and 0.125 at 3. The hour shows the pipeline at work;"
+	@echo "what RL adds to a warm-up that reasons shows in the reference run: make reference (a night on a CPU, resumable)."
 
 # The reference run (a night on a 2-core CPU, in as many sittings as it takes: run it again after any interruption and
-# each stage resumes from its last checkpoint, `--resume_from_checkpoint last`): the 2560-trace warm-up, 320 GRPO
-# steps with the held-out curve, then the final eval of both at 2, 3 and 4 people (500 puzzles x 4) with its samples.
-reference: install $(REFERENCE_OUTPUT)/grpo/trainer_state.json
+# each stage resumes from its last checkpoint, `--resume_from_checkpoint last`; a finished stage is not run again):
+# the 2560-trace warm-up, 320 GRPO steps with the held-out curve, then the final eval of both at 2, 3 and 4 people
+# (500 puzzles x 4) with its samples. Its folders are the recipes' (outputs/reference, outputs/eval/reference).
+reference: install outputs/eval/reference/results.json
+
+outputs/eval/reference/results.json: outputs/reference/grpo/trainer_state.json
 	@start=$$(date +%s); $(PY) -m trl_smallrl.evaluation --config $(REFERENCE_RECIPES)/eval/kk_reference.yaml || exit $$?; \
 	echo "reference eval took $$(( $$(date +%s) - start )) s"
 
-$(REFERENCE_OUTPUT)/grpo/trainer_state.json: $(REFERENCE_OUTPUT)/sft/trainer_state.json
-	$(LAUNCH) trl_smallrl.grpo --config $(REFERENCE_RECIPES)/grpo/kk_reference.yaml --resume_from_checkpoint last $(ARGS)
+outputs/reference/grpo/trainer_state.json: outputs/reference/sft/trainer_state.json
+	$(LAUNCH) trl_smallrl.grpo --config $(REFERENCE_RECIPES)/grpo/kk_reference.yaml --resume_from_checkpoint last
 
-$(REFERENCE_OUTPUT)/sft/trainer_state.json: | install
+outputs/reference/sft/trainer_state.json: | install
 	$(LAUNCH) trl_smallrl.sft --config $(REFERENCE_RECIPES)/sft/kk_reference.yaml --resume_from_checkpoint last
 
 $(SFT_OUTPUT)/trainer_state.json: | install

@@ -225,6 +225,8 @@ def broadcast_from_rank0(curriculum: Curriculum) -> None:
 def levels_to_rows(dataset, curriculum: Curriculum) -> dict[int, list[int]]:
     """The training rows' indices at each level, in row order: what `Curriculum.draw` draws from. Every level of
     the curriculum must have rows (checked when the trainer is built, before the model loads)."""
+    if dataset is None:
+        raise ConfigError("train_dataset: a curriculum draws from the training rows; give train_dataset.")
     rows: dict[int, list[int]] = {}
     for index, level in enumerate(dataset["level"]):
         rows.setdefault(int(level), []).append(index)

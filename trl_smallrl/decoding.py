@@ -259,9 +259,10 @@ def _lm_head(model, dtype):
     from trl_smallrl.precision import cpu_info
 
     # oneDNN's bf16 linear needs AVX512 (BW, VL, DQ) or AVX-NE-CONVERT and raises elsewhere ("mkldnn_linear: bf16
-    # path needs the cpu support ..."): a CPU without native bf16, where `cpu_precision: bf16` still asks for it,
-    # takes torch's own (emulated) matmul.
-    onednn = torch.backends.mkldnn.is_available() and (dtype == torch.float32 or cpu_info().native_bf16)
+    # path needs the cpu support ..."), and its fp16 one AMX-FP16: a CPU without them, where `cpu_precision: bf16`
+    # or `eval_dtype` still asks for half precision, takes torch's own (emulated) matmul.
+    native = {torch.float32: True, torch.bfloat16: cpu_info().native_bf16, torch.float16: cpu_info().amx_fp16}
+    onednn = torch.backends.mkldnn.is_available() and native.get(dtype, False)
     if head.weight.device.type != "cpu" or not onednn:
         weight, bias = head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype)  # cast once a call
         return lambda hidden: torch.nn.functional.linear(hidden.to(dtype), weight, bias)

@@ -271,7 +271,12 @@ def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> 
         raise ConfigError(f"samples: {str(path)!r} holds no samples; give the samples.jsonl.gz of an eval.")
     by_model: dict[str, dict[str, dict]] = {}
     for line in lines:
-        by_model.setdefault(line["model"], {})[line["puzzle_id"]] = line
+        puzzles = by_model.setdefault(line["model"], {})
+        if line["puzzle_id"] in puzzles:
+            raise ConfigError(
+                f"samples: {line['model']}/{line['puzzle_id']} appears twice; one line a puzzle a model."
+            )
+        puzzles[line["puzzle_id"]] = line
     order = list(next(iter(by_model.values())))
     task_name = lines[0]["row"]["task"]
     n = len(lines[0]["completions"])

@@ -7,6 +7,8 @@ push), exactly as for SFT.
 
 from __future__ import annotations
 
+import logging
+
 import trl
 
 from trl_smallrl import run
@@ -20,6 +22,8 @@ from trl_smallrl.resets import HardResetCallback
 from trl_smallrl.rewards import get_reward_funcs
 from trl_smallrl.run import prepare_model_args
 from trl_smallrl.tasks.rows import build_dataset
+
+logger = logging.getLogger("trl_smallrl.grpo")  # not __name__: it is "__main__" under `python -m`
 
 
 def build_trainer(
@@ -50,6 +54,19 @@ def build_trainer(
         present = set(train_dataset["level"])
         levels = [level for level in script_args.levels if level in present]  # the recipe's order
         curriculum = Curriculum.from_args(script_args, levels=levels, seed=training_args.seed)
+    generation_every = training_args.steps_per_generation * training_args.num_iterations  # micro-batches
+    if (
+        training_args.save_strategy == "steps"
+        and (training_args.gradient_accumulation_steps * training_args.save_steps) % generation_every
+    ):
+        logger.warning(
+            "save_steps: a checkpoint every %s steps can fall inside a generation batch (steps_per_generation x "
+            "num_iterations = %d micro-batches), which TRL does not save: a run resumed there generates again and "
+            "continues differently from one that never stopped; make save_steps x gradient_accumulation_steps a "
+            "multiple of it.",
+            training_args.save_steps,
+            generation_every,
+        )
     trainer = trainer_class(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,

@@ -58,13 +58,14 @@ class SmallRLGRPOTrainer(
     """TRL's `GRPOTrainer` plus dynamic sampling, the curriculum, health metrics and guards, CPU rollouts and what
     hard resets need (module docstring).
 
-    `curriculum`: a `trl_smallrl.curriculum.Curriculum`, or None for TRL's own sampler.
+    `curriculum`: a `trl_smallrl.curriculum.Curriculum`, which draws each generation batch (give `train_dataset`
+    by keyword), or None for the prompts TRL's sampler fetches.
     """
 
     def __init__(self, *args, curriculum=None, **kwargs):
         self.curriculum = curriculum
         # The training rows at each level, which the curriculum draws from; checked before the model loads.
-        self._rows_by_level = None if curriculum is None else levels_to_rows(kwargs["train_dataset"], curriculum)
+        self._rows_by_level = None if curriculum is None else levels_to_rows(kwargs.get("train_dataset"), curriculum)
         self._last_rewards = None  # the last scored batch (all ranks): rewards per function,
         self._last_health = None  # and its health table (`monitors.HEALTH_COLUMNS`)
         super().__init__(*args, **kwargs)

@@ -98,7 +98,8 @@ class HeldOutCurve(TrainerCallback):
         training = model.training
         model.eval()
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            cuda = [torch.cuda.current_device()] if model.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():  # manual_seed seeds CUDA too: fork it
                 torch.manual_seed(self.settings.seed)
                 if model.device.type == "cpu" and hasattr(model, "peft_config"):
                     with adapter_added_to_base(model) as plain:

@@ -114,11 +114,20 @@ def heldout_curve_rows(script_args, training_args) -> list:
         raise ConfigError(f"heldout_num_samples: {samples} must be >= 0 (0: no held-out curve).")
     if not samples:
         return []
-    every, save_steps = training_args.heldout_steps, training_args.save_steps
-    if every < 0 or (every and (training_args.save_strategy != "steps" or every % save_steps)):
+    every, save_steps, logging_steps = (
+        training_args.heldout_steps,
+        training_args.save_steps,
+        training_args.logging_steps,
+    )
+    if training_args.save_strategy != "steps" or every < 0 or (every and every % save_steps):
         raise ConfigError(
-            f"heldout_steps: {every} must be 0 or a multiple of save_steps ({save_steps}, save_strategy steps): the "
-            "held-out curve is scored at checkpoints."
+            f"heldout_steps: {every} must be 0 or a multiple of save_steps ({save_steps}), with save_strategy: steps "
+            f"(not {training_args.save_strategy}): the held-out curve is scored at checkpoints."
+        )
+    if (every or save_steps) % logging_steps:
+        raise ConfigError(
+            f"logging_steps: {logging_steps} must divide the steps between held-out points ({every or save_steps}), so "
+            "that each point is logged at its own step and lands in its checkpoint."
         )
     rows = build_rows(script_args, "eval")
     if not rows:
