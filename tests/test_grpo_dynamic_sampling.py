@@ -112,6 +112,63 @@ def test_masked_loss_equals_trl_loss_on_the_informative_groups_alone(mask_traine
         torch.testing.assert_close(counted, masked * kept_rows.float().mean(), rtol=1e-4, atol=1e-7)
 
 
+class _ScoringCounter(SmallRLGRPOTrainer):
+    """Records each micro-batch the loss sees (whether it keeps a row) and each forward of the training scores."""
+
+    skip = True
+
+    def _skips_masked_micro_batches(self):
+        return self.skip and super()._skips_masked_micro_batches()
+
+    def _compute_loss(self, model, inputs):
+        self.kept_rows.append(bool(inputs[KEEP_KEY].any()))
+        return super()._compute_loss(model, inputs)
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        self.forwards += 1
+        return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+
+def _train_masked(tiny_model_dir, output_dir, skip):
+    args = configs.GRPOConfig(
+        output_dir=str(output_dir),
+        num_generations=GROUP,
+        per_device_train_batch_size=GROUP,  # a micro-batch is one group: two of the four are masked each step
+        gradient_accumulation_steps=len(CONSTANT),
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        dynamic_sampling="mask",
+        loss_type="dapo",
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        bf16=False,
+    )
+    trainer = _ScoringCounter(
+        model=tiny_model_dir,
+        reward_funcs=[reward_constant_or_varied],
+        args=args,
+        train_dataset=Dataset.from_list(_rows(len(CONSTANT))),
+    )
+    trainer.skip, trainer.kept_rows, trainer.forwards = skip, [], 0
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    return trainer, before
+
+
+def test_micro_batches_of_masked_groups_alone_skip_their_forward_and_change_nothing(tiny_model_dir, tmp_path):
+    skipped, before = _train_masked(tiny_model_dir, tmp_path / "skip", skip=True)
+    full, _ = _train_masked(tiny_model_dir, tmp_path / "full", skip=False)
+    # The masked groups come last in each generation batch, and only the micro-batches with a kept row run.
+    assert skipped.kept_rows == full.kept_rows == [True, True, False, False] * 2
+    assert (skipped.forwards, full.forwards) == (4, 8)
+    after = list(skipped.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))  # it trained
+    for a, b in zip(after, full.model.parameters()):
+        assert torch.equal(a, b)  # the skipped micro-batches' gradients were exactly 0 anyway
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo"])
 def test_row_mean_rescale_spans_the_whole_generation_batch(mask_trainer, masked_batch, loss_type):
     """Two micro-batches of one accumulation window, one holding only masked groups: their summed gradient is

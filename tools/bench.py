@@ -15,6 +15,8 @@ in its own subprocess, so the peak resident memory is the case's own. Compare on
 6. Threads and allocator: the recipe's rollouts and SFT steps under OpenMP and glibc malloc settings.
 7. Dynamic sampling none / mask / resample on the tiny model.
 8. With a GPU: Qwen2.5-0.5B and -1.5B architectures under 24 and 48 GiB caps; without one, the section says so.
+9. The reference run: GRPO seconds per rollout (masked micro-batches scored, then skipped) and SFT seconds per
+   trace, each beside the fp32 bound; GRPO needs the reference warm-up (`make reference`'s first stage).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from tools.bench_cases import GRPO_RECIPE, SFT_RECIPE, spawn
 from tools.bench_limits import bf16_matmul_size, limits_section, machine, matmul_peak, memory_bandwidth
+from tools.bench_reference import reference_section
 from trl_smallrl import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,9 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per trainer for the overhead")
     parser.add_argument("--grpo-steps", type=int, default=4, help="steps per embedded GRPO case (first is warm-up)")
     parser.add_argument("--sft-steps", type=int, default=6, help="optimizer steps per SFT case")
+    parser.add_argument("--reference-grpo-steps", type=int, default=3,
+                        help="steps per reference GRPO case (first is warm-up)")  # fmt: skip
     parser.add_argument("--runtime-sft-steps", type=int, default=2, help="SFT steps per thread/allocator setting")
     parser.add_argument("--only", nargs="+", choices=["overhead", "grpo", "generation", "eval", "sft", "runtime",
-                                                      "dynamic", "gpu"],
+                                                      "dynamic", "gpu", "reference"],
                         help="run these sections only (beside the machine's limits) and print them")  # fmt: skip
     args = parser.parse_args(argv)
     from trl_smallrl.testing import save_tiny_model
@@ -339,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         "runtime": lambda: (runtime_section(args.runtime_sft_steps), {}),
         "dynamic": lambda: (dynamic_sampling_section(tiny), {}),
         "gpu": lambda: (gpu_section(), {}),
+        "reference": lambda: reference_section(peaks, args.reference_grpo_steps, args.sft_steps),
     }
     if args.only:  # a partial run prints its sections and leaves docs/BENCHMARKS.md, a whole run's record, alone
         texts = [sections[name]()[0] for name in ["limits", *args.only]]

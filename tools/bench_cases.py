@@ -42,11 +42,18 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _timed(base):
-    """A subclass of `base` that records generation time and token counts of each generation batch."""
+def _timed(base, skip_masked: bool = True):
+    """A subclass of `base` that records generation time and token counts of each generation batch; with
+    `skip_masked` False, micro-batches of masked groups alone still run their forward and backward (the step before
+    they were skipped)."""
 
     class Timed(base):
         bench_records: list
+
+        if not skip_masked:
+
+            def _skips_masked_micro_batches(self):
+                return False
 
         def _generate_and_score_completions(self, inputs):
             start = time.perf_counter()
@@ -99,6 +106,9 @@ def _train_timed(trainer, warm: int) -> dict:
         "trained_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "peak_rss_gib": _peak_rss_gib(),
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None,
+        "rollouts": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps,
+        "num_generations": trainer.num_generations,
+        "informative_groups": statistics.mean(e.get("informative_groups", float("nan")) for e in logs),
         "zero_std": statistics.mean(e.get("frac_reward_zero_std", 0.0) for e in logs),
         "zero_after": statistics.mean(
             e.get("dynamic_sampling/uninformative_after", e.get("frac_reward_zero_std", 0.0)) for e in logs
@@ -121,14 +131,15 @@ def grpo_case(case: dict) -> dict:
     rewards.register_reward("first_token", lambda **params: FirstTokenReward())
     work = Path(case["work_dir"])
     model_path = case.get("model_path") or resolve_model(case["model"])
-    if case["trainer"] == "recipe":  # the embedded recipe as users run it, on the model the case names
-        argv = ["--config", str(GRPO_RECIPE), "--model_name_or_path", model_path, "--output_dir", str(work / "out"),
+    if case["trainer"] == "recipe":  # a recipe (the embedded one unless named) as users run it, on the case's model
+        argv = ["--config", case.get("recipe", str(GRPO_RECIPE)), "--model_name_or_path", model_path, "--output_dir", str(work / "out"),
                 "--max_steps", str(case["steps"]), "--save_strategy", "no", "--report_to", "none",
                 *case.get("overrides", [])]  # fmt: skip
         script, training, model_args = parse_recipe(
             (configs.GRPOScriptArguments, configs.GRPOConfig, trl.ModelConfig), argv
         )
-        trainer = grpo.build_trainer(script, training, model_args, trainer_class=_timed(SmallRLGRPOTrainer))
+        trainer_class = _timed(SmallRLGRPOTrainer, case.get("skip_masked", True))
+        trainer = grpo.build_trainer(script, training, model_args, trainer_class=trainer_class)
         return _train_timed(trainer, case.get("warmup_steps", 1))
     length = case["completion_length"]
     common = dict(
@@ -267,7 +278,8 @@ def eval_case(case: dict) -> dict:
 
 
 def sft_case(case: dict) -> dict:
-    """Goal 4: the SFT warm-up recipe for a few steps with given overrides: tokens per second and losses."""
+    """An SFT recipe (the embedded warm-up unless named) for a few steps with given overrides: tokens, traces,
+    seconds and losses."""
     from trl_smallrl import sft
 
     step_times: list[float] = []
@@ -279,13 +291,14 @@ def sft_case(case: dict) -> dict:
         return trainer
 
     sft.build_trainer = timed_build  # this subprocess only: the run loop builds the trainer
-    argv = ["--config", str(SFT_RECIPE), "--output_dir", str(Path(case["work_dir"]) / "out"), "--max_steps",
+    argv = ["--config", case.get("recipe", str(SFT_RECIPE)), "--output_dir", str(Path(case["work_dir"]) / "out"), "--max_steps",
             str(case["steps"]), "--logging_steps", "1", "--save_strategy", "no", *case["overrides"]]  # fmt: skip
     trainer = sft.train(argv)
     logs = [e for e in trainer.state.log_history if "loss" in e]
     tokens = [e["num_tokens"] for e in logs]
-    return {"seconds": sum(step_times), "tokens": tokens[-1], "losses": [e["loss"] for e in logs],
-            "peak_rss_gib": _peak_rss_gib()}  # fmt: skip
+    traces = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * len(step_times)
+    return {"seconds": sum(step_times), "tokens": tokens[-1], "traces": traces, "losses": [e["loss"] for e in logs],
+            "params": sum(p.numel() for p in trainer.model.parameters()), "peak_rss_gib": _peak_rss_gib()}  # fmt: skip
 
 
 CASE_KINDS = {"grpo": grpo_case, "generation": generation_case, "eval": eval_case, "sft": sft_case}

@@ -20,6 +20,7 @@ from trl.trainer.utils import split_tensor_dict
 
 from trl_smallrl.adapters import adapter_added_to_base, plain_model
 from trl_smallrl.decoding import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
+from trl_smallrl.grpo_dynamic_sampling import KEEP_KEY
 from trl_smallrl.precision import autocast_dtype
 from trl_smallrl.shared_prefix import prefixes_shared
 
@@ -27,9 +28,15 @@ from trl_smallrl.shared_prefix import prefixes_shared
 def whole_groups(batches: list[dict]) -> list[dict]:
     """The same rows cut into as many micro-batches again, with the rows of one prompt next to each other (TRL
     shuffles a generation batch before it cuts it), so that a micro-batch holds whole groups when the group size
-    divides its size. Scalars (`num_items_in_batch`) are the generation batch's and stay as they are."""
+    divides its size; the groups dynamic sampling masked come last, so that as many micro-batches as possible hold
+    masked rows alone (they skip their forward and backward). Scalars (`num_items_in_batch`) are the generation
+    batch's and stay as they are."""
     prompts = torch.cat([torch.cat([batch["prompt_ids"], batch["prompt_mask"]], dim=1) for batch in batches])
-    order = torch.sort(torch.unique(prompts, dim=0, return_inverse=True)[1], stable=True).indices
+    group = torch.unique(prompts, dim=0, return_inverse=True)[1]
+    if KEEP_KEY in batches[0]:
+        masked = torch.cat([batch[KEEP_KEY] for batch in batches]).to(group.device) == 0
+        group = group + masked.long() * len(group)
+    order = torch.sort(group, stable=True).indices
     merged = {}
     for key, value in batches[0].items():
         if isinstance(value, list):
