@@ -10,7 +10,15 @@ import pytest
 
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.evaluation import result_from_samples, results_table, summarize, table_main, write_samples
+from trl_smallrl.evaluation import (
+    SAMPLES_FILE,
+    read_samples,
+    result_from_samples,
+    results_table,
+    summarize,
+    table_main,
+    write_samples,
+)
 from trl_smallrl.pass_rates import pass_at_k
 from trl_smallrl.recipe import parse_recipe
 
@@ -178,23 +186,27 @@ def test_tiny_models_side_by_side(tiny_model_dir, tiny_grpo_run, tmp_path, capsy
     assert len(base["levels"]["3"]["correct_counts"]) == 2
     assert 1 <= base["levels"]["all"]["mean_length"] <= 6
     assert base["levels"] == same["levels"]  # each model samples from the same seeded stream
-    completions = (tmp_path / "eval" / "completions" / "grpo.jsonl").read_text().splitlines()
-    assert len(completions) == 4 and len(json.loads(completions[0])["texts"]) == 2
+    assert sorted(path.name for path in (tmp_path / "eval").iterdir()) == ["results.json", "results.md", SAMPLES_FILE]
     table = (tmp_path / "eval" / "results.md").read_text()
     assert table == results_table(result) and "| all | grpo | 4 |" in table
     out = capsys.readouterr().out
     assert table in out and "eval: model grpo (3 of 3): 4 prompts x 2" in out  # which model the eval is on
     # The samples file alone rebuilds the same tables (every completion scored again by the verifier).
-    samples = tmp_path / "eval" / "samples.jsonl.gz"
+    samples = tmp_path / "eval" / SAMPLES_FILE
     with gzip.open(samples, "rt") as handle:
         lines = [json.loads(line) for line in handle]
+    assert read_samples(samples) == lines
     assert [line["model"] for line in lines] == ["base"] * 4 + ["same"] * 4 + ["grpo"] * 4
+    assert [line["level"] for line in lines[:4]] == [2, 2, 3, 3]  # the rows' order, as the tools read them
     first = lines[0]
     assert set(first) == {"model", "level", "puzzle_id", "row", "completions", "correct", "lengths", "truncated"}
     assert first["row"]["task"] == "knights_knaves" and "prompt" not in first["row"] and len(first["completions"]) == 2
     assert first["puzzle_id"] == lines[4]["puzzle_id"] != lines[1]["puzzle_id"]  # the same puzzle across models
     table_main([str(samples), "--k", "1", "2"])
     assert capsys.readouterr().out == table
+    with pytest.raises(SystemExit):
+        table_main([str(tmp_path / "none.jsonl.gz")])
+    assert "none.jsonl.gz' does not exist; give the samples.jsonl.gz of an eval." in capsys.readouterr().err
 
 
 def test_the_samples_file_refuses_verdicts_the_verifier_does_not_give(tmp_path):
@@ -227,7 +239,6 @@ def test_eval_recipe_takes_the_chat_template_kwargs(tmp_path):
 def test_eval_reads_the_templates_think_prefill_and_renders_with_the_kwargs(tiny_model_dir, tmp_path, monkeypatch):
     """R1-Distill's real template opens `<think>` in the prompt, so its model writes only `...</think>` and the
     answer: the format rate counts the template's `<think>` as GRPO's reward does (vLLM stands in with that text)."""
-    import json
     import sys
 
     from test_generation import _FakeVLLM, _with_template
@@ -249,7 +260,10 @@ def test_eval_reads_the_templates_think_prefill_and_renders_with_the_kwargs(tiny
     r1_result, plain = result["models"]
     assert r1_result["levels"]["all"]["format_rate"] == 1.0
     assert plain["levels"]["all"]["format_rate"] == 0.0  # no prefill: the same text has no `<think>`
-    texts = json.loads((tmp_path / "eval" / "completions" / "r1.jsonl").read_text().splitlines()[0])["texts"]
+    lines = read_samples(tmp_path / "eval" / SAMPLES_FILE)
+    assert [line["model"] for line in lines] == ["r1"] * 2 + ["plain"] * 2
+    texts = lines[0]["completions"]
     assert texts == ["<think>\ntwo steps of reasoning\n</think>\n<answer>nobody</answer>"] * 2
+    assert lines[2]["completions"] == ["two steps of reasoning\n</think>\n<answer>nobody</answer>"] * 2
     assert [engine["chat_template_kwargs"] for engine in fake.engines] == [{"enable_thinking": False}] * 2
     assert result["spec"]["chat_template_kwargs"] == {"enable_thinking": False}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tools.kk_trace_departures import departure, departures, main, think_lines
+from trl_smallrl.evaluation import SAMPLES_FILE, read_samples, sample_records, score_samples, write_samples
+from trl_smallrl.generation import Completion
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves_logic import Roles, parse_statements, render
 from trl_smallrl.tasks.knights_knaves_traces import write_trace
@@ -53,17 +53,20 @@ def test_another_first_assumption_is_not_a_slip(rows):
 
 
 def test_report_from_an_eval_folder(rows, tmp_path, capsys):
-    records = [
-        {"answer": row["answer"], "texts": [write_trace(row), "<think>\nAssume nobody.\n</think>"], "correct": [1, 0]}
-        for row in rows
-    ]
-    counts = departures(rows, records)
+    """Counts from the eval's samples file alone, with the verifier's verdicts, one table row a model and level."""
+    texts = [[write_trace(row), "<think>\nAssume nobody.\n</think>"] for row in rows]
+    samples = [[Completion(text=text, length=len(text), truncated=False) for text in row_texts] for row_texts in texts]
+    lines = sample_records("sft", rows, score_samples(rows, samples))
+    lines += sample_records("base", rows[:10], score_samples(rows[:10], [s[1:] for s in samples[:10]]))
+    write_samples(lines, tmp_path / "eval" / SAMPLES_FILE)
+    read = read_samples(tmp_path / "eval" / SAMPLES_FILE)
+    counts = departures([line for line in read if line["model"] == "sft"])
     assert counts["3"]["samples"] == 60 and counts["3"]["exact right"] == 30 and counts["3"]["step"] == 30
-    with pytest.raises(ValueError, match="do not match"):
-        departures(rows[1:] + rows[:1], records)
-    folder = tmp_path / "eval" / "completions"
-    folder.mkdir(parents=True)
-    (folder / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    main(["--task", "kk", "--levels", "3", "--eval_size", "30", "--eval_output_dir", str(tmp_path / "eval")])
-    out = capsys.readouterr().out
-    assert "| sft | 3 | 60 | 0.00 | 0.50 (1.00) | 0.00 (0.00) | 0.00 (0.00) | 0.50 (0.00) | 0.00 (0.00) |" in out
+    assert counts["3"]["step right"] == 0 and counts == departures(lines[:30])  # the file gives back what was written
+    with pytest.raises(ValueError, match="this check reads K&K samples only"):
+        departures([{**lines[0], "row": {**lines[0]["row"], "task": "gsm8k"}}])
+    main(["--eval_output_dir", str(tmp_path / "eval")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[4] == "| sft | 3 | 60 | 0.00 | 0.50 (1.00) | 0.00 (0.00) | 0.00 (0.00) | 0.50 (0.00) | 0.00 (0.00) |"
+    assert out[6] == "| base | 3 | 10 | 0.00 | 0.00 (0.00) | 0.00 (0.00) | 0.00 (0.00) | 1.00 (0.00) | 0.00 (0.00) |"
+    assert len(out) == 8  # sft 3, sft all, base 3, base all after the four lines of heading

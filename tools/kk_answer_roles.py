@@ -1,29 +1,27 @@
 """How often a model's K&K answers give every person the same role, beside how often the true answers do.
 
 A model that has learned a shortcut instead of the logic ("everyone is a knight") can still score above chance
-on small puzzles, and its pass@k will not show it. This reads an eval's saved completions
-(`<eval_output_dir>/completions/<label>.jsonl`), rebuilds the eval rows from the same recipe (the completions
-are stored in row order), and reports per level: the answers that give every person exactly one role, the
-share of them in which all roles are equal, and that share among the true answers of the same rows.
+on small puzzles, and its pass@k will not show it. This reads an eval's samples
+(`<eval_output_dir>/samples.jsonl.gz`, each line a puzzle's completions with the row they answer; the recipe is
+read only for `eval_output_dir`) and reports per model and level: the answers that give every person exactly one
+role, the share of them in which all roles are equal, and that share among the true answers of the same rows.
 
     python -m tools.kk_answer_roles --config recipes/smollm2-135m-instruct/eval/kk_levels.yaml
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from trl_smallrl.configs import DataArguments, EvalArguments
-from trl_smallrl.evaluation import ALL_LEVELS, level_order
+from trl_smallrl.evaluation import ALL_LEVELS, SAMPLES_FILE, level_order, read_samples
 from trl_smallrl.recipe import parse_recipe
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves import parse_roles
 from trl_smallrl.tasks.knights_knaves_logic import Roles
-from trl_smallrl.tasks.rows import build_dataset
 
 
 def assigned_roles(answer: str | None, row: Mapping[str, Any]) -> list[bool] | None:
@@ -37,17 +35,18 @@ def assigned_roles(answer: str | None, row: Mapping[str, Any]) -> list[bool] | N
     return [next(iter(r)) for r in roles]
 
 
-def same_role_shares(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
-    """Per level (and over all rows, under "all"): answers with one role each, the share of them all-equal, and the
-    truth's share."""
+def same_role_shares(lines: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """Per level (and over all rows, under "all") of one model's samples lines: answers with one role each, the share
+    of them all-equal, and the truth's share."""
     task = get_task("knights_knaves")
     counts: dict[str, list[int]] = {}  # level -> [answers, all-equal answers, rows, all-equal truths]
-    for row, record in zip(rows, records, strict=True):
-        if record["answer"] != row["answer"]:
-            raise ValueError("the completions do not match the recipe's eval rows; give the recipe that made them.")
+    for line in lines:
+        row = line["row"]
+        if get_task(row["task"]).name != task.name:
+            raise ValueError(f"the samples are of the task {row['task']!r}; this check reads K&K samples only.")
         truth_equal = len(set(row["solution"])) == 1
-        answered = [roles for text in record["texts"] if (roles := assigned_roles(task.extract_answer(text), row))]
-        for level in (str(row["level"]), ALL_LEVELS):
+        answered = [roles for text in line["completions"] if (roles := assigned_roles(task.extract_answer(text), row))]
+        for level in (str(line["level"]), ALL_LEVELS):
             tally = counts.setdefault(level, [0, 0, 0, 0])
             tally[0] += len(answered)
             tally[1] += sum(len(set(roles)) == 1 for roles in answered)
@@ -64,18 +63,18 @@ def same_role_shares(rows: Sequence[Mapping[str, Any]], records: Sequence[Mappin
 
 
 def main(argv: list[str] | None = None) -> None:
-    data_args, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
-    rows = list(build_dataset(data_args, "eval"))
-    folder = Path(eval_args.eval_output_dir) / "completions"
+    _, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
+    by_model: dict[str, list[dict]] = {}  # the eval's order of models, each model's lines in row order
+    for line in read_samples(Path(eval_args.eval_output_dir) / SAMPLES_FILE):
+        by_model.setdefault(line["model"], []).append(line)
     print("| model | level | answers with one role each | all the same role | among true answers |")
     print("|---|---|---:|---:|---:|")
-    for path in sorted(folder.glob("*.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        shares = same_role_shares(rows, records)
+    for label, lines in by_model.items():
+        shares = same_role_shares(lines)
         for level in sorted(shares, key=level_order):
             stats = shares[level]
             share = "-" if stats["same_role_share"] is None else f"{stats['same_role_share']:.3f}"
-            print(f"| {path.stem} | {level} | {stats['answers']} | {share} | {stats['true_same_role_share']:.3f} |")
+            print(f"| {label} | {level} | {stats['answers']} | {share} | {stats['true_same_role_share']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ first assumption and the start is counted apart. Kinds of the first differing li
 - step: another deduction than the solver's (a wrong rule, a wrong conclusion, a wrong person);
 - ended: the completion's think block stops early or runs on past the solver's last line.
 
+It reads an eval's samples (`<eval_output_dir>/samples.jsonl.gz`, each line a puzzle's completions with the row
+they answer and whether each is right; the recipe is read only for `eval_output_dir`) and reports per model and
+level.
+
     python -m tools.kk_trace_departures --config recipes/smollm2-135m-instruct/eval/kk_levels.yaml
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections import Counter
@@ -27,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from trl_smallrl.configs import DataArguments, EvalArguments
-from trl_smallrl.evaluation import ALL_LEVELS, level_order
+from trl_smallrl.evaluation import ALL_LEVELS, SAMPLES_FILE, level_order, read_samples
 from trl_smallrl.recipe import parse_recipe
+from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves_traces import write_trace
-from trl_smallrl.tasks.rows import build_dataset
 
 KINDS = ("exact", "misquote", "truth value", "step", "ended")
 _FIRST_ASSUMPTION = re.compile(r"Assume (.+?) is ")
@@ -68,17 +71,17 @@ def departure(text: str, row: Mapping[str, Any]) -> tuple[str, bool]:
     return ("exact" if len(lines) == len(solver) else "ended"), other_start
 
 
-def departures(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
-    """Per level (and over all rows, under "all"): samples, each kind, the right answers among each kind, and the
-    samples whose first assumption was another person."""
+def departures(lines: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
+    """Per level (and over all rows, under "all") of one model's samples lines: samples, each kind, the right answers
+    among each kind, and the samples whose first assumption was another person."""
     counts: dict[str, Counter] = {}
-    for row, record in zip(rows, records, strict=True):
-        if record["answer"] != row["answer"]:
-            raise ValueError("the completions do not match the recipe's eval rows; give the recipe that made them.")
-        correct = record.get("correct") or [False] * len(record["texts"])
-        for text, right in zip(record["texts"], correct, strict=True):
+    for line in lines:
+        row = line["row"]
+        if get_task(row["task"]).name != "knights_knaves":
+            raise ValueError(f"the samples are of the task {row['task']!r}; this check reads K&K samples only.")
+        for text, right in zip(line["completions"], line["correct"], strict=True):
             kind, other_start = departure(text, row)
-            for level in (str(row["level"]), ALL_LEVELS):
+            for level in (str(line["level"]), ALL_LEVELS):
                 tally = counts.setdefault(level, Counter())
                 tally["samples"] += 1
                 tally[kind] += 1
@@ -88,21 +91,21 @@ def departures(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    data_args, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
-    rows = list(build_dataset(data_args, "eval"))
-    folder = Path(eval_args.eval_output_dir) / "completions"
+    _, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
+    by_model: dict[str, list[dict]] = {}  # the eval's order of models, each model's lines in row order
+    for line in read_samples(Path(eval_args.eval_output_dir) / SAMPLES_FILE):
+        by_model.setdefault(line["model"], []).append(line)
     print("Share of the samples by the first line that leaves the solver's trace; in brackets, the share of the")
     print("samples of that kind whose answer was right anyway.")
     print(f"| model | level | samples | other first assumption | {' | '.join(KINDS)} |")
     print("|---|---|---:|---:|" + "---:|" * len(KINDS))
-    for path in sorted(folder.glob("*.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        counts = departures(rows, records)
+    for label, lines in by_model.items():
+        counts = departures(lines)
         for level in sorted(counts, key=level_order):
             tally = counts[level]
             n = tally["samples"]
             cells = [f"{tally[kind] / n:.2f} ({tally[f'{kind} right'] / max(tally[kind], 1):.2f})" for kind in KINDS]
-            print(f"| {path.stem} | {level} | {n} | {tally['other start'] / n:.2f} | {' | '.join(cells)} |")
+            print(f"| {label} | {level} | {n} | {tally['other start'] / n:.2f} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -363,7 +363,7 @@ class EvalArguments:
         },
     )
     eval_output_dir: str = field(
-        default="outputs/eval", metadata={"help": "Where results.json, results.md and completions/ are written."}
+        default="outputs/eval", metadata={"help": "Where results.json, results.md and samples.jsonl.gz are written."}
     )
     chat_template_kwargs: dict | str | None = field(  # a mapping once parsed (`recipe.mapping_value`)
         default=None, metadata={"help": "The prompts' chat template kwargs, as training's (Qwen3: enable_thinking)."}

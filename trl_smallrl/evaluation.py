@@ -258,6 +258,15 @@ def write_samples(lines: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
     return atomic.write_file(path, write)
 
 
+def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The lines of a `samples.jsonl.gz` (as `write_samples` wrote them), in the file's order: models in the order the
+    eval ran them, each model's puzzles in row order."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"samples: {str(path)!r} does not exist; give the samples.jsonl.gz of an eval.")
+    with gzip.open(path, "rt") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> dict[str, Any]:
     """The eval result (per model and level, pass@k with intervals) from a `samples.jsonl.gz` alone.
 
@@ -265,8 +274,7 @@ def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> 
     the table is rebuilt from the texts, not only from their recorded verdicts. Models keep the file's order; each
     model's rows are put in the first model's puzzle order, so the paired differences pair the same puzzles.
     """
-    with gzip.open(path, "rt") as handle:
-        lines = [json.loads(line) for line in handle if line.strip()]
+    lines = read_samples(path)
     if not lines:
         raise ConfigError(f"samples: {str(path)!r} holds no samples; give the samples.jsonl.gz of an eval.")
     by_model: dict[str, dict[str, dict]] = {}
@@ -302,9 +310,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     """Evaluate every model of `eval_args` on the eval rows; write and return the result.
 
     The result is rewritten after each model, so a long comparison killed midway keeps the models done.
-    Every model's completions go to `completions/<label>.jsonl` for reading what the model wrote, and all models'
-    samples with the rows they were scored against to `samples.jsonl.gz`, from which `smallrl-eval-table` rebuilds
-    the tables alone.
+    All models' completions, with the rows they were scored against, go to `samples.jsonl.gz` (rewritten after each
+    model too; read it with `read_samples`), from which `smallrl-eval-table` rebuilds the tables alone.
     """
     specs = _model_specs(eval_args.eval_models)
     if rows is None:
@@ -340,11 +347,6 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
         records = score_samples(rows, samples)
         sample_lines += sample_records(label, rows, records)
         write_samples(sample_lines, output_dir / SAMPLES_FILE)
-        completions = "".join(
-            json.dumps({key: record[key] for key in ("level", "answer", "texts", "correct", "formatted")}) + "\n"
-            for record in records
-        )
-        atomic.write_text(output_dir / "completions" / f"{label}.jsonl", completions)
         result["models"].append(
             {
                 "label": label,
@@ -367,8 +369,6 @@ def table_main(argv: list[str] | None = None) -> None:
     parser.add_argument("samples", help="samples.jsonl.gz written by smallrl-eval")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4], help="the k of pass@k (<= samples a puzzle)")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.samples):
-        raise ConfigError(f"samples: {args.samples!r} does not exist; give the samples.jsonl.gz of an eval.")
     print(results_table(result_from_samples(args.samples, args.k)), end="")
 
 

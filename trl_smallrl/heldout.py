@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from trl_smallrl.adapters import adapter_added_to_base
 from trl_smallrl.configs import EvalArguments
-from trl_smallrl.evaluation import sampling_settings, score_samples, summarize
+from trl_smallrl.evaluation import ALL_LEVELS, sampling_settings, score_samples, summarize
 from trl_smallrl.generation import sample_with_model, with_template_prefill
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def curve_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if level.isdigit():
             metrics[f"{PREFIX}pass@1_level_{level}"] = stats["pass@1"]
             metrics[f"{PREFIX}pass@1_ci95_level_{level}"] = stats["pass@1_ci95"]
-    if "all" in summary:
-        metrics[f"{PREFIX}format"] = summary["all"]["format_rate"]
+    if ALL_LEVELS in summary:
+        metrics[f"{PREFIX}format"] = summary[ALL_LEVELS]["format_rate"]
     return metrics
 
 
