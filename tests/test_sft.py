@@ -130,7 +130,7 @@ def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_
 
     traces, out = _write_traces(tmp_path / "traces.jsonl"), tmp_path / "out"
     argv = _argv(tiny_model_dir, traces, out, "--save_strategy", "steps", "--save_steps", "2")
-    argv[argv.index("--max_steps") + 1] = "40"
+    argv[argv.index("--max_steps") + 1] = "12"
     command = [sys.executable, "-m", "trl_smallrl.sft", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -141,7 +141,7 @@ def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_
     log, _ = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, log[-3000:]
     stopped_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-    assert 2 <= stopped_at < 40
+    assert 2 <= stopped_at < 12
     assert (
         json.loads((out / f"checkpoint-{stopped_at}" / "trainer_state.json").read_text())["global_step"] == stopped_at
     )
@@ -152,7 +152,7 @@ def test_sft_resumes_after_sigterm_from_the_last_checkpoint(tiny_model_dir, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {out / f'checkpoint-{stopped_at}'}" in result.stderr
     state = json.loads((out / "trainer_state.json").read_text())
-    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 41))
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 13))
 
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"  # the real templates TRL ships, for offline tests
