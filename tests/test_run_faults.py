@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -220,27 +221,49 @@ def test_a_nan_loss_on_one_rank_stops_both_with_the_same_message(tiny_model_dir,
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-1"]
 
 
+LEVELS = [2, 3, 4]
+CURRICULUM_RUN = {  # the curriculum moving up every 2 steps (an unreachable threshold), masked groups, three rewards
+    "task": "knights_knaves", "levels": LEVELS, "eval_size": 2, "curriculum": "sequential",
+    "curriculum_threshold": 1.0, "curriculum_window": 1000, "curriculum_max_steps": 2,
+    "reward_funcs": ["format", "accuracy", "cosine"], "cosine_max_len": 8, "loss_type": "dapo",
+    "dynamic_sampling": "mask", "num_generations": 4, "per_device_train_batch_size": 4,
+}  # fmt: skip
+
+
+def expected_level(step: int) -> int:
+    """The level the log of step s shows: one up every 2 steps from the first, recorded at generation time."""
+    return min(LEVELS[0] + (step - 1) // 2, LEVELS[-1])
+
+
 @pytest.mark.slow
 def test_ctrl_c_under_torchrun_saves_a_checkpoint_on_both_ranks(tiny_model_dir, tmp_path):
     """A terminal's Ctrl-C reaches the launcher and both workers, and the launcher forwards it once more: the
-    workers must count it once, save at the same step and stop; the run then resumes exactly."""
-    out = tmp_path / "out"
-    recipe = _recipe(tmp_path, tiny_model_dir, max_steps=40, save_steps=100)
+    workers must count it once, save at the same step and stop; the run then resumes exactly, the two ranks agreeing
+    on the curriculum's level at every step, before and after the resume."""
+    out, steps = tmp_path / "out", 10
+    recipe = _recipe(tmp_path, tiny_model_dir, max_steps=steps, save_steps=100, **CURRICULUM_RUN)
     command = _accelerate_launch("-m", "trl_smallrl.grpo", "--config", str(recipe))
     launcher = subprocess.Popen(
         command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    deadline = time.monotonic() + 300
-    while not (out / "smallrl_config.json").is_file() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(5)  # into training
+    watchdog = threading.Timer(300, launcher.kill)
+    watchdog.start()
+    lines = []
+    for line in launcher.stdout:  # the console's line of step 1: training runs, the signal handler is in place
+        lines.append(line)
+        if line.startswith("step 1/"):
+            break
     os.killpg(launcher.pid, signal.SIGINT)  # what a terminal does: the whole foreground process group
-    log, _ = launcher.communicate(timeout=300)
+    log = "".join(lines) + launcher.communicate(timeout=300)[0]
+    watchdog.cancel()
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert len(checkpoints) == 1, log[-3000:]
     stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert 1 <= stopped_at < 40
+    assert 1 <= stopped_at < steps
     assert {p.name for p in checkpoints[0].glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    saved = json.loads((checkpoints[0] / "curriculum_state.json").read_text())
+    # Two ranks really ran: each step recorded one prompt (4 completions / 4 generations) from each rank.
+    assert saved["levels"] == LEVELS and sum(len(r) for r in saved["results"].values()) == 2 * stopped_at
     result = subprocess.run(
         _accelerate_launch("-m", "trl_smallrl.grpo", "--config", str(recipe), "--resume_from_checkpoint", "last"),
         env=_env(),
@@ -249,4 +272,12 @@ def test_ctrl_c_under_torchrun_saves_a_checkpoint_on_both_ranks(tiny_model_dir, 
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _steps(out) == list(range(1, 41))
+    assert f"resuming from {checkpoints[0]}" in result.stderr
+    logs = [entry for entry in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in logs] == list(range(1, steps + 1))
+    assert all(entry["curriculum/levels_agree"] == 1.0 for entry in logs)
+    assert [entry["curriculum/level"] for entry in logs] == [expected_level(s) for s in range(1, steps + 1)]
+    for entry in logs:  # health metrics over the gathered batch of both ranks
+        assert 0.0 <= entry["health/truncation_rate"] <= 1.0 and "health/think_length_mean" in entry
+    config = json.loads((out / "smallrl_config.json").read_text())
+    assert config["dynamic_sampling"] == "mask" and config["reward_funcs"] == ["format", "accuracy", "cosine"]
