@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trl_smallrl.configs import DataArguments, EvalArguments
-from trl_smallrl.evaluation import ALL_LEVELS, SAMPLES_FILE, level_order, read_samples
+from trl_smallrl.evaluation import ALL_LEVELS, SAMPLES_FILE, level_order, samples_by_model
 from trl_smallrl.recipe import parse_recipe
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves import parse_roles
@@ -64,9 +64,7 @@ def same_role_shares(lines: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     _, eval_args = parse_recipe((DataArguments, EvalArguments), argv)
-    by_model: dict[str, list[dict]] = {}  # the eval's order of models, each model's lines in row order
-    for line in read_samples(Path(eval_args.eval_output_dir) / SAMPLES_FILE):
-        by_model.setdefault(line["model"], []).append(line)
+    by_model = samples_by_model(Path(eval_args.eval_output_dir) / SAMPLES_FILE)
     print("| model | level | answers with one role each | all the same role | among true answers |")
     print("|---|---|---:|---:|---:|")
     for label, lines in by_model.items():

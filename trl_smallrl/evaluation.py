@@ -267,6 +267,14 @@ def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def samples_by_model(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """`read_samples` per model label: the models in the order the eval ran them, each one's puzzles in row order."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for line in read_samples(path):
+        by_model.setdefault(line["model"], []).append(line)
+    return by_model
+
+
 def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> dict[str, Any]:
     """The eval result (per model and level, pass@k with intervals) from a `samples.jsonl.gz` alone.
 
