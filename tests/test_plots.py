@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
+from trl_smallrl import plots
 from trl_smallrl.evaluation import summarize
-from trl_smallrl.plots import main, metric_series, plot_pass_at_k, plot_run
+from trl_smallrl.plots import main, metric_series, plot_pass_at_1, plot_pass_at_k, plot_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +64,7 @@ def test_metric_series_skips_entries_without_the_metric():
     assert metric_series(log, "entropy") == ([], [])
 
 
-def test_pass_at_k_curves_from_an_eval_result(tmp_path):
+def _eval_result(tmp_path):
     def levels(correct_by_level):
         records = [
             {"level": level, "correct": c, "formatted": c, "lengths": [5] * 4, "truncated": [False] * 4}
@@ -73,7 +74,7 @@ def test_pass_at_k_curves_from_an_eval_result(tmp_path):
         return summarize(records, [1, 4])
 
     result = {
-        "spec": {"k": [1, 4]},
+        "spec": {"k": [1, 4], "task": "knights_knaves"},
         "models": [
             {"label": "base", "levels": levels({2: [[True, False, False, False]], 3: [[False] * 4]})},
             {"label": "grpo", "levels": levels({2: [[True, True, False, False]], 3: [[True, False, False, False]]})},
@@ -81,9 +82,49 @@ def test_pass_at_k_curves_from_an_eval_result(tmp_path):
     }
     path = tmp_path / "results.json"
     path.write_text(json.dumps(result))
+    return path
+
+
+def test_pass_at_k_curves_from_an_eval_result(tmp_path):
+    path = _eval_result(tmp_path)
     (written,) = plot_pass_at_k(path)
     assert written == tmp_path / "plots" / "pass_at_k.png"
     assert_png(written)
+
+
+def test_pass_at_1_of_each_model_beside_chance(tmp_path, monkeypatch):
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (drawn.append(fig.axes), save(fig, path))[1])
+    (written,) = plot_pass_at_1(_eval_result(tmp_path))
+    assert written == tmp_path / "plots" / "pass_at_1.png"
+    assert_png(written)
+    (panels,) = drawn
+    assert [ax.get_title() for ax in panels] == ["level 2", "level 3"]  # no "all" panel
+    for ax, passes, chance in zip(panels, ([0.25, 0.5], [0.0, 0.25]), (0.25, 0.125)):
+        points, dashed = ax.get_lines()[0], ax.get_lines()[-1]
+        assert list(points.get_ydata()) == passes and [t.get_text() for t in ax.get_xticklabels()] == ["base", "grpo"]
+        assert list(dashed.get_ydata()) == [chance, chance] and dashed.get_label() == f"chance {chance:.3g}"
+
+
+def test_an_evals_samples_file_alone_draws_its_figures(tmp_path, capsys):
+    from trl_smallrl.evaluation import write_samples
+    from trl_smallrl.tasks import get_task
+    from trl_smallrl.tasks.knights_knaves_traces import write_trace
+
+    lines = []
+    for model, right in (("t160", 0), ("t640", 1), ("t2560", 2)):  # right answers out of 2, at each level
+        for level in (2, 3):
+            for row in get_task("knights_knaves").generate_rows(level, 2, seed=0, split="eval"):
+                texts = [write_trace(row)] * right + ["<think>x</think>\n<answer>nobody</answer>"] * (2 - right)
+                row = {key: value for key, value in row.items() if key != "prompt"}
+                lines.append({"model": model, "level": level, "puzzle_id": row["quiz"], "row": row,
+                              "completions": texts, "correct": [i < right for i in range(2)], "lengths": [5, 5],
+                              "truncated": [False, False]})  # fmt: skip
+    write_samples(lines, tmp_path / "samples.jsonl.gz")
+    main(["--eval", str(tmp_path / "samples.jsonl.gz"), "--out", str(tmp_path / "figs")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "figs" / n) for n in ("pass_at_k.png", "pass_at_1.png")]
+    assert_png(tmp_path / "figs" / "pass_at_1.png")
 
 
 def test_command_line(tiny_grpo_run, tmp_path, capsys):

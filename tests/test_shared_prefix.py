@@ -86,7 +86,13 @@ def test_rows_sharing_too_little_run_the_backbones_own_forward(lora_model):
     assert "forward" not in vars(backbone)  # the context put the class's forward back
 
 
-def test_grpo_scoring_on_a_cpu_shares_the_prompt_and_gives_trls_log_probs(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("padding_columns", [0, 3])  # TRL pads to the generation batch's longest completion
+def test_grpo_scoring_on_a_cpu_shares_the_prompt_and_heads_the_completions_alone_with_trls_values(
+    tiny_model_dir, tmp_path, padding_columns
+):
+    """The trainer's CPU scoring gives TRL's log-probabilities, entropies and gradients, while the backbone runs each
+    prompt once and no column of padding alone, and the LM head sees the completion tokens alone (TRL's fused head on
+    a CPU: every position)."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOTrainer
@@ -101,19 +107,33 @@ def test_grpo_scoring_on_a_cpu_shares_the_prompt_and_gives_trls_log_probs(tiny_m
         model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
         train_dataset=prompts, peft_config=LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
     )  # fmt: skip
-    ids, mask = _group_batch()
+    ids, mask = (torch.nn.functional.pad(t, (0, padding_columns)) for t in _group_batch())
+    keep = 7 + padding_columns
+    head = trainer.model.get_output_embeddings()
+    headed = []
+    hook = head.register_forward_hook(lambda m, args, out: headed.append(args[0].shape[:-1].numel()))
     scored = {}
     for name, scoring in (("ours", trainer._get_per_token_logps_and_entropies),
                           ("trl", lambda *a, **k: GRPOTrainer._get_per_token_logps_and_entropies(trainer, *a, **k))):  # fmt: skip
-        with torch.no_grad():
-            scored[name] = _positions_run(
-                trainer.model, lambda scoring=scoring: scoring(trainer.model, ids, mask, 7, compute_entropy=True)
-            )
-    (ours_logps, ours_entropy, _), ours_positions = scored["ours"]
-    (trl_logps, trl_entropy, _), trl_positions = scored["trl"]
+        trainer.model.zero_grad()
+        headed.clear()
+        (logps, entropy, _), positions = _positions_run(
+            trainer.model, lambda scoring=scoring: scoring(trainer.model, ids, mask, keep, compute_entropy=True)
+        )
+        assert logps.shape == entropy.shape == (len(ids), keep)
+        (logps * torch.linspace(-1, 1, logps.numel()).view_as(logps)).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.requires_grad])
+        scored[name] = logps.detach(), entropy, grads, positions, sum(headed)
+    hook.remove()
+    ours_logps, ours_entropy, ours_grads, ours_positions, ours_headed = scored["ours"]
+    trl_logps, trl_entropy, trl_grads, trl_positions, _ = scored["trl"]
     torch.testing.assert_close(ours_logps, trl_logps, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours_entropy, trl_entropy, rtol=1e-4, atol=1e-5)
-    assert ours_positions < trl_positions == ids.numel()
+    assert (ours_grads - trl_grads).norm() / trl_grads.norm() < 0.05  # the shared prompt's rounding, as above
+    assert (ours_logps[~mask[:, -keep:].bool()] == 0).all() and ours_entropy.grad_fn is None
+    assert trl_positions == ids.numel()
+    assert ours_positions == 2 * 9 + 6 * 7  # two prompts once each (padded to 9), then every completion, unpadded
+    assert ours_headed == int(mask[:, -keep:].sum())  # TRL's fused head on a CPU projects every position
 
 
 def test_whole_groups_recuts_a_shuffled_generation_batch_into_groups():

@@ -42,18 +42,29 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _timed(base, skip_masked: bool = True):
+def _timed(base, before_34: bool = False):
     """A subclass of `base` that records generation time and token counts of each generation batch; with
-    `skip_masked` False, micro-batches of masked groups alone still run their forward and backward (the step before
-    they were skipped)."""
+    `before_34`, the CPU step as issue 34 found it: micro-batches of masked groups alone still run their forward and
+    backward, and scoring is TRL's over every column of the micro-batch (its fused LM head on every position), the
+    prompts shared as before."""
 
     class Timed(base):
         bench_records: list
 
-        if not skip_masked:
+        if before_34:
 
             def _skips_masked_micro_batches(self):
                 return False
+
+            def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+                from trl import GRPOTrainer
+
+                from trl_smallrl.adapters import plain_model
+                from trl_smallrl.shared_prefix import prefixes_shared
+
+                plain = plain_model(self.accelerator, model)
+                with prefixes_shared(getattr(plain, plain.base_model_prefix)):
+                    return GRPOTrainer._get_per_token_logps_and_entropies(self, model, *args, **kwargs)
 
         def _generate_and_score_completions(self, inputs):
             start = time.perf_counter()
@@ -138,7 +149,7 @@ def grpo_case(case: dict) -> dict:
         script, training, model_args = parse_recipe(
             (configs.GRPOScriptArguments, configs.GRPOConfig, trl.ModelConfig), argv
         )
-        trainer_class = _timed(SmallRLGRPOTrainer, case.get("skip_masked", True))
+        trainer_class = _timed(SmallRLGRPOTrainer, case.get("before_34", False))
         trainer = grpo.build_trainer(script, training, model_args, trainer_class=trainer_class)
         return _train_timed(trainer, case.get("warmup_steps", 1))
     length = case["completion_length"]

@@ -5,7 +5,8 @@ TRL's hooks this relies on (signatures pinned by tests/test_trl_hooks.py):
   base, matmuls in the training's autocast dtype) instead of transformers' `generate` (about twice its tokens a
   second at 32 rows, measured on a 2-core AMD EPYC);
 - `_get_per_token_logps_and_entropies`: each group's shared prompt runs once (`shared_prefix`), since the training
-  forward and backward are most of a CPU step and the prompt about half of each row;
+  forward and backward are most of a CPU step and the prompt about half of each row; and in one process, the LM head
+  projects the completion tokens alone (`completion_logps_and_entropies`);
 - `_prepare_inputs`: TRL shuffles a new generation batch and cuts it into micro-batches (a new batch is seen as a
   new `_buffered_inputs` object); where the loss allows it, the cut is redone so each micro-batch holds whole
   groups (`whole_groups`), which is what lets prompts be shared. It reads TRL's `_buffered_inputs` and `_step`.
@@ -14,9 +15,12 @@ GPUs, vLLM and multimodal rows keep TRL's own path.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from trl.models import unwrap_model_for_generation
-from trl.trainer.utils import split_tensor_dict
+from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy, split_tensor_dict
 
 from trl_smallrl.adapters import adapter_added_to_base, plain_model
 from trl_smallrl.decoding import DECODER_FAMILIES, sample_tokens, supports_sample_tokens
@@ -112,15 +116,66 @@ class CPURolloutHooks:
             inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
         return inputs
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """TRL's scoring; on a CPU, text-only, in the families whose cache tests check (`DECODER_FAMILIES`), the
-        prompt each group's completions share runs once (`shared_prefix`). GPUs keep TRL's own path."""
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, *args, **kwargs
+    ):
+        """TRL's scoring; on a CPU, text-only, in the families whose cache tests check (`DECODER_FAMILIES`): the
+        columns of completion padding every row of the micro-batch has are cut (TRL pads each completion to the
+        longest of the whole generation batch, and at 3-4 people one 448-token completion doubles every row), the
+        prompt each group's completions share runs once (`shared_prefix`), and in one process the LM head projects
+        the completion tokens alone (`completion_logps_and_entropies`). GPUs keep TRL's own path."""
         scoring = super()._get_per_token_logps_and_entropies
-        if kwargs.get("pixel_values") is not None or not self._shares_prompts(model):
-            return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        if args or kwargs.get("pixel_values") is not None or not self._shares_prompts(model):
+            return scoring(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, *args, **kwargs
+            )
+        kwargs = {"batch_size": batch_size, "compute_entropy": compute_entropy, **kwargs}
+        filled = attention_mask[:, -logits_to_keep:].any(0).nonzero()
+        kept = int(filled[-1]) + 1 if len(filled) else 1  # the completion columns some row fills
+        width = input_ids.size(1) - (logits_to_keep - kept)  # right padding changes no earlier position's value
+        input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
         base = plain_model(self.accelerator, model)
         with prefixes_shared(getattr(base, base.base_model_prefix)):
-            return scoring(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+            if self._scores_completions_alone(input_ids.size(0), kept, **kwargs):
+                batch_size = batch_size or input_ids.size(0)
+                with self.accelerator.autocast():
+                    scored = [
+                        completion_logps_and_entropies(
+                            base,
+                            input_ids[start : start + batch_size],
+                            attention_mask[start : start + batch_size],
+                            kept,
+                            temperature=self.temperature,
+                            head_in_float32=self.args.cast_lm_head_to_fp32,
+                            entropy=compute_entropy,
+                            entropy_grad=self._entropy_bonus_enabled,
+                        )
+                        for start in range(0, input_ids.size(0), batch_size)
+                    ]
+                logps = torch.cat([logps for logps, _ in scored])
+                entropies = torch.cat([entropy for _, entropy in scored]) if compute_entropy else None
+                aux_loss = None
+            else:
+                logps, entropies, aux_loss = scoring(model, input_ids, attention_mask, kept, **kwargs)
+        cut = logits_to_keep - kept  # the cut columns score 0, as TRL's masked positions do
+        return F.pad(logps, (0, cut)), None if entropies is None else F.pad(entropies, (0, cut)), aux_loss
+
+    def _scores_completions_alone(
+        self, rows, logits_to_keep, batch_size=None, compute_aux_loss=False, **kwargs
+    ) -> bool:
+        """Whether a scoring call runs `completion_logps_and_entropies` rather than TRL's fused LM head, which on a
+        CPU (no Triton) projects every position of every row, the prompt's and the padding's too (about 2.7 times
+        the completion tokens of a reference-recipe micro-batch), and folds each vocabulary tile in a dozen
+        elementwise passes: about half of a CPU step's training time. One process only, as for the skip of masked
+        micro-batches (the backbone and the head are called past the DDP or DeepSpeed wrapper); text only; no MoE
+        router loss; and while a call's completion logits fit `COMPLETION_LOGITS_BUDGET`."""
+        multimodal = any(value is not None for key, value in kwargs.items() if key != "compute_entropy")
+        if multimodal or compute_aux_loss or self.aux_loss_enabled:
+            return False
+        if self.accelerator.num_processes != 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return False
+        vocab = plain_model(self.accelerator, self.model).get_output_embeddings().weight.size(0)
+        return min(batch_size or rows, rows) * logits_to_keep * vocab * 4 <= COMPLETION_LOGITS_BUDGET
 
     def _shares_prompts(self, model) -> bool:
         """Whether scoring `model` runs a group's shared prompt once: on a CPU, in the families whose cache the
@@ -129,3 +184,50 @@ class CPURolloutHooks:
             self.accelerator.device.type == "cpu"
             and plain_model(self.accelerator, model).config.model_type in DECODER_FAMILIES
         )
+
+
+COMPLETION_LOGITS_BUDGET = 2 * 1024**3  # bytes of float32 completion logits a scoring call may hold at once
+
+
+def completion_logps_and_entropies(
+    model,
+    input_ids,
+    attention_mask,
+    logits_to_keep: int,
+    *,
+    temperature: float,
+    head_in_float32: bool,
+    entropy: bool,
+    entropy_grad: bool,
+):
+    """The log-probability of each of the last `logits_to_keep` tokens of each row and, with `entropy`, the entropy
+    of its distribution, as TRL's fused LM head gives them (0 where `attention_mask` is 0; the entropy None
+    without `entropy`), with the LM head run on the completion tokens alone.
+
+    `model` is the plain transformers causal LM (its layers may be PEFT-wrapped, its backbone `prefixes_shared`):
+    the backbone runs every position, the head projects only the positions that predict a completion token, and
+    TRL's `selective_log_softmax` (`selective_log_softmax_and_entropy`) reads their logits in float32, divided by
+    `temperature`. With `head_in_float32` (TRL's `cast_lm_head_to_fp32`) the head runs outside autocast, as TRL's
+    does. The entropy carries a gradient only with `entropy_grad` (TRL's entropy bonus)."""
+    hidden = getattr(model, model.base_model_prefix)(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
+    scored = attention_mask[:, -logits_to_keep:].bool()
+    hidden = hidden[:, -logits_to_keep - 1 : -1][scored]  # each position predicts the next token
+    targets = input_ids[:, -logits_to_keep:][scored]
+    head = model.get_output_embeddings()
+    outside_autocast = (
+        torch.autocast(hidden.device.type, enabled=False) if head_in_float32 else contextlib.nullcontext()
+    )
+    with outside_autocast:
+        logits = head(hidden.float() if head_in_float32 else hidden).float()[None]  # one row: one logsumexp call
+    if entropy:
+        logps, entropies = selective_log_softmax_and_entropy(
+            logits, targets[None], entropy_requires_grad=entropy_grad, temperature=temperature
+        )
+    else:
+        logps, entropies = selective_log_softmax(logits, targets[None], temperature=temperature), None
+    return tuple(
+        None if values is None else values.new_zeros(scored.shape).masked_scatter(scored, values[0])
+        for values in (logps, entropies)
+    )

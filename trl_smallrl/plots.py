@@ -1,8 +1,8 @@
 """Training curves and pass@k curves as PNG files, from what a run already wrote.
 
 A run is read from the `trainer_state.json` that transformers saves (its `log_history` holds every logged
-metric, TRL's and ours), and an evaluation from the `results.json` of `smallrl-eval`; no tracker is
-needed. Each figure is drawn only from the metrics the run logged: a run without a curriculum simply gets
+metric, TRL's and ours), and an evaluation from the `results.json` of `smallrl-eval` or its `samples.jsonl.gz`
+alone; no tracker is needed. Each figure is drawn only from the metrics the run logged: a run without a curriculum simply gets
 no curriculum figure. Figures are PNG (matplotlib's Agg backend, no display needed).
 """
 
@@ -242,19 +242,50 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     return written
 
 
+def plot_pass_at_1(eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """pass@1 of each model in the eval's order (a data-scale curve, or a run's stages) per level, with its 95%
+    interval and the task's chance (a uniform guess) beside it: the picture of a table of `smallrl-eval`."""
+    plt = _pyplot()
+    from trl_smallrl.tasks import get_task
+
+    result = _eval_result(eval_json)
+    levels = [level for level in _levels(result) if level != "all"]
+    if not levels:
+        return []
+    task = get_task(result["spec"]["task"]) if result.get("spec", {}).get("task") else None
+    labels = [model["label"] for model in result["models"]]
+    fig, axes = plt.subplots(
+        1, len(levels), figsize=(1.2 + 0.9 * len(labels) * len(levels), 3.6), squeeze=False, sharey=True,
+        layout="constrained",
+    )  # fmt: skip
+    for ax, level in zip(axes[0], levels):
+        scored = [(i, model["levels"][level]) for i, model in enumerate(result["models"]) if level in model["levels"]]
+        ax.errorbar(
+            [i for i, _ in scored],
+            [stats["pass@1"] for _, stats in scored],
+            yerr=[_or_nan(stats.get("pass@1_ci95")) for _, stats in scored],  # None: one prompt, no interval
+            marker="o",
+            capsize=4,
+            label="pass@1 (95% interval)",
+        )
+        chance = task.chance_pass_at_k(int(level), 1) if task is not None and level.isdigit() else None
+        if chance is not None:
+            ax.axhline(chance, color="gray", linestyle="--", label=f"chance {chance:.3g}")
+        ax.set(title=f"level {level}", ylim=(-0.02, 1.02), xticks=range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("pass@1")
+    return [_save(fig, _eval_out_dir(eval_json, out_dir) / "pass_at_1.png")]
+
+
 def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """pass@k against k (1..n) per level, one line per model, from the per-prompt counts of an eval result."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    eval_json = Path(eval_json)
-    if not eval_json.is_file():
-        raise ConfigError(f"--eval: {str(eval_json)!r} does not exist; give the results.json of `smallrl-eval`.")
-    result = json.loads(eval_json.read_text())
-    out_dir = Path(out_dir) if out_dir is not None else eval_json.parent / "plots"
-    levels: list[str] = []
-    for model in result["models"]:
-        levels += [level for level in model["levels"] if level not in levels]
+    result = _eval_result(eval_json)
+    levels = _levels(result)
     if not levels:
         return []
     fig, axes = plt.subplots(
@@ -281,23 +312,59 @@ def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("pass@k")
     axes[0][-1].legend(fontsize=8)
-    return [_save(fig, out_dir / "pass_at_k.png")]
+    return [_save(fig, _eval_out_dir(eval_json, out_dir) / "pass_at_k.png")]
+
+
+def _eval_result(eval_json: str | os.PathLike) -> dict[str, Any]:
+    """An eval's result from its results.json, or rebuilt from its samples.jsonl.gz alone (every completion scored
+    again by the task's verifier: `evaluation.result_from_samples`)."""
+    eval_json = Path(eval_json)
+    if not eval_json.is_file():
+        raise ConfigError(
+            f"--eval: {str(eval_json)!r} does not exist; give the results.json or samples.jsonl.gz of `smallrl-eval`."
+        )
+    if eval_json.name.endswith(".jsonl.gz"):
+        from trl_smallrl.evaluation import result_from_samples
+
+        return result_from_samples(eval_json, ks=(1,))
+    return json.loads(eval_json.read_text())
+
+
+def _levels(result: Mapping[str, Any]) -> list[str]:
+    """The levels any model of an eval result was scored at, in the order they first appear."""
+    levels: list[str] = []
+    for model in result["models"]:
+        levels += [level for level in model["levels"] if level not in levels]
+    return levels
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _eval_out_dir(eval_json: str | os.PathLike, out_dir: str | os.PathLike | None) -> Path:
+    return Path(out_dir) if out_dir is not None else Path(eval_json).parent / "plots"
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    """`smallrl-plot [RUN_DIR] [--eval results.json] [--out DIR]`: write the PNG figures and list them."""
+    """`smallrl-plot [RUN_DIR] [--eval results.json|samples.jsonl.gz] [--out DIR]`: write the PNG figures and list
+    them."""
     parser = CommandParser(prog="smallrl-plot", description=main.__doc__)
     parser.add_argument("run_dir", nargs="?", help="a training output_dir (holds trainer_state.json)")
-    parser.add_argument("--eval", dest="eval_json", help="results.json of smallrl-eval: adds pass_at_k.png")
+    parser.add_argument(
+        "--eval",
+        dest="eval_json",
+        help="results.json or samples.jsonl.gz of smallrl-eval: adds pass_at_k.png and pass_at_1.png",
+    )
     parser.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots, else beside the eval)")
     args = parser.parse_args(argv)
     if not args.run_dir and not args.eval_json:
-        raise ConfigError("run_dir: give a training output_dir, `--eval results.json`, or both.")
+        raise ConfigError("run_dir: give a training output_dir, `--eval results.json` (or samples.jsonl.gz), or both.")
     written = plot_run(args.run_dir, args.out) if args.run_dir else []
     if args.eval_json:
         out = args.out or (Path(args.run_dir) / "plots" if args.run_dir else None)
-        written += plot_pass_at_k(args.eval_json, out)
+        written += plot_pass_at_k(args.eval_json, out) + plot_pass_at_1(args.eval_json, out)
     for path in written:
         print(path)
 
