@@ -209,6 +209,46 @@ def test_tiny_models_side_by_side(tiny_model_dir, tiny_grpo_run, tmp_path, capsy
     assert "none.jsonl.gz' does not exist; give the samples.jsonl.gz of an eval." in capsys.readouterr().err
 
 
+def test_an_eval_run_again_keeps_the_models_it_scored_with_the_same_settings_and_weights(
+    tiny_model_dir, tmp_path, capsys
+):
+    """A killed or repeated eval into the same folder does not sample a model again whose settings and weights are
+    the ones it scored (the reference run's final eval is longer than a sitting); other weights or settings are."""
+    import json
+    import os
+    import shutil
+
+    from trl_smallrl.evaluation import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    argv = ["--levels", "2", "--eval_size", "2", "--eval_models", f"a={model}", f"b={tiny_model_dir}",
+            "--eval_num_samples", "2", "--eval_k", "1", "2", "--eval_max_new_tokens", "6",
+            "--eval_output_dir", str(tmp_path / "eval")]  # fmt: skip
+    out_dir = tmp_path / "eval"
+
+    def run(*extra):
+        capsys.readouterr()
+        main([*argv, *extra])
+        printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval: model")]
+        return printed, json.loads((out_dir / "results.json").read_text()), read_samples(out_dir / SAMPLES_FILE)
+
+    _, first, first_samples = run()
+    printed, again, again_samples = run()
+    assert printed == [f"eval: model a (1 of 2): kept from {out_dir} (the same settings and weights)",
+                       f"eval: model b (2 of 2): kept from {out_dir} (the same settings and weights)"]  # fmt: skip
+    assert again == first and again_samples == first_samples
+    weights = next(model.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the model was trained on
+    printed, _, _ = run()
+    assert printed == ["eval: model a (1 of 2): 2 prompts x 2",
+                       f"eval: model b (2 of 2): kept from {out_dir} (the same settings and weights)"]  # fmt: skip
+    printed, other, _ = run("--eval_temperature", "0.5")
+    assert printed == ["eval: model a (1 of 2): 2 prompts x 2", "eval: model b (2 of 2): 2 prompts x 2"]
+    assert other["spec"]["temperature"] == 0.5
+
+
 def test_the_samples_file_refuses_verdicts_the_verifier_does_not_give(tmp_path):
     right = "<think>x</think>\n<answer>(1) Ava is a knight\n(2) Ben is a knave</answer>"
     row = {"task": "knights_knaves", "level": 2, "names": ["Ava", "Ben"], "solution": [True, False],

@@ -14,13 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-LEVELS = [2, 3, 4]
-
-
-def expected_level(step: int) -> int:
-    """With curriculum_max_steps 2 and an unreachable threshold, the level moves up every 2 steps: the log of
-    step s shows the level after the record made at generation time (global_step s - 1)."""
-    return min(LEVELS[0] + (step - 1) // 2, LEVELS[-1])
+from tests.curriculum_run import CURRICULUM_RUN, expected_level
 
 
 def _recipe(tmp_path: Path, model_dir: str, **overrides) -> Path:
@@ -28,20 +22,8 @@ def _recipe(tmp_path: Path, model_dir: str, **overrides) -> Path:
         "env": {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
         "model_name_or_path": model_dir,
         "output_dir": str(tmp_path / "out"),
-        "task": "knights_knaves",
-        "levels": LEVELS,
+        **CURRICULUM_RUN,
         "train_size": 16,
-        "eval_size": 2,
-        "curriculum": "sequential",
-        "curriculum_threshold": 1.0,
-        "curriculum_window": 1000,
-        "curriculum_max_steps": 2,
-        "reward_funcs": ["format", "accuracy", "cosine"],
-        "cosine_max_len": 8,
-        "loss_type": "dapo",
-        "dynamic_sampling": "mask",
-        "num_generations": 4,
-        "per_device_train_batch_size": 4,
         "max_completion_length": 8,
         "max_steps": 6,
         "learning_rate": 1.0e-3,

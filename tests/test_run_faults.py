@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.curriculum_run import CURRICULUM_RUN, LEVELS, expected_level
 from trl_smallrl.checkpoints import last_complete_checkpoint, resume_checkpoint
 from trl_smallrl.errors import ConfigError
 
@@ -219,20 +220,6 @@ def test_a_nan_loss_on_one_rank_stops_both_with_the_same_message(tiny_model_dir,
     assert messages[0] == messages[1]
     assert messages[0].startswith("step 2: the loss is nan on rank(s) [1]; stopping before the backward pass")
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-1"]
-
-
-LEVELS = [2, 3, 4]
-CURRICULUM_RUN = {  # the curriculum moving up every 2 steps (an unreachable threshold), masked groups, three rewards
-    "task": "knights_knaves", "levels": LEVELS, "eval_size": 2, "curriculum": "sequential",
-    "curriculum_threshold": 1.0, "curriculum_window": 1000, "curriculum_max_steps": 2,
-    "reward_funcs": ["format", "accuracy", "cosine"], "cosine_max_len": 8, "loss_type": "dapo",
-    "dynamic_sampling": "mask", "num_generations": 4, "per_device_train_batch_size": 4,
-}  # fmt: skip
-
-
-def expected_level(step: int) -> int:
-    """The level the log of step s shows: one up every 2 steps from the first, recorded at generation time."""
-    return min(LEVELS[0] + (step - 1) // 2, LEVELS[-1])
 
 
 @pytest.mark.slow

@@ -317,7 +317,9 @@ def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> 
 def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[Mapping[str, Any]] | None = None):
     """Evaluate every model of `eval_args` on the eval rows; write and return the result.
 
-    The result is rewritten after each model, so a long comparison killed midway keeps the models done.
+    The result is rewritten after each model, so a long comparison killed midway keeps the models done, and a run
+    again into the same `eval_output_dir` takes them from there (`_earlier_models`: the same settings, label and
+    weights) instead of sampling them again: the reference run's final eval takes hours, more than a sitting.
     All models' completions, with the rows they were scored against, go to `samples.jsonl.gz` (rewritten after each
     model too; read it with `read_samples`), from which `smallrl-eval-table` rebuilds the tables alone.
     """
@@ -345,8 +347,17 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     }
     output_dir = Path(eval_args.eval_output_dir)
     settings = sampling_settings(eval_args)  # the same seed for every model: they draw from the same stream
+    earlier = _earlier_models(output_dir, result["spec"])
     sample_lines: list[dict] = []
     for number, (label, name) in enumerate(specs, 1):
+        fingerprint = weights_fingerprint(name)
+        kept = earlier.get(label)
+        if kept is not None and fingerprint is not None and kept[0].get("weights") == fingerprint:
+            print(f"eval: model {label} ({number} of {len(specs)}): kept from {output_dir} (the same settings and "
+                  "weights)", flush=True)  # fmt: skip
+            result["models"].append(kept[0])
+            sample_lines += kept[1]
+            continue
         print(
             f"eval: model {label} ({number} of {len(specs)}): {len(rows)} prompts x {settings.num_samples}", flush=True
         )
@@ -360,12 +371,42 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
                 "label": label,
                 "model": name,
                 "base_model": public_model_id(name),
+                "weights": fingerprint,
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "levels": summarize(records, eval_args.eval_k),
             }
         )
         write_result(result, output_dir)
     return result
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.json")  # what a model folder's weights and config live in
+
+
+def weights_fingerprint(name: str) -> str | None:
+    """A digest of the sizes and modification times of the weight and config files under a local model folder (its
+    checkpoints included: a run that trained on has another), or None for a Hub id, whose files are not ours to
+    watch. It tells an eval that a model it scored before is still the same."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    files = sorted({path for pattern in WEIGHT_FILES for path in folder.rglob(pattern) if path.is_file()})
+    listing = [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def _earlier_models(output_dir: Path, spec: Mapping[str, Any]) -> dict[str, tuple[dict, list[dict]]]:
+    """The models an earlier eval wrote into `output_dir` with the same settings (`spec`), by label, each with its
+    lines of the samples file; nothing when the settings differ or a file is missing or unreadable."""
+    try:
+        earlier = json.loads((output_dir / "results.json").read_text())
+        lines = read_samples(output_dir / SAMPLES_FILE)
+    except (OSError, ValueError, ConfigError):
+        return {}
+    if earlier.get("spec") != json.loads(json.dumps(spec)):
+        return {}
+    return {model["label"]: (model, [line for line in lines if line["model"] == model["label"]])
+            for model in earlier.get("models", [])}  # fmt: skip
 
 
 @entry_point
