@@ -10,15 +10,8 @@ import pytest
 
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.evaluation import (
-    SAMPLES_FILE,
-    read_samples,
-    result_from_samples,
-    results_table,
-    summarize,
-    table_main,
-    write_samples,
-)
+from trl_smallrl.eval_samples import SAMPLES_FILE, read_samples, write_samples
+from trl_smallrl.evaluation import result_from_samples, results_table, summarize, table_main
 from trl_smallrl.pass_rates import pass_at_k
 from trl_smallrl.recipe import parse_recipe
 

@@ -6,7 +6,8 @@ import pytest
 
 from tools.kk_answer_roles import assigned_roles, main, same_role_shares
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.evaluation import SAMPLES_FILE, read_samples, sample_records, score_samples, write_samples
+from trl_smallrl.eval_samples import SAMPLES_FILE, read_samples, sample_records, write_samples
+from trl_smallrl.evaluation import score_samples
 from trl_smallrl.generation import Completion
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves_logic import Roles

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tools.kk_trace_departures import departure, departures, main, think_lines
-from trl_smallrl.evaluation import SAMPLES_FILE, read_samples, sample_records, score_samples, write_samples
+from trl_smallrl.eval_samples import SAMPLES_FILE, read_samples, sample_records, write_samples
+from trl_smallrl.evaluation import score_samples
 from trl_smallrl.generation import Completion
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves_logic import Roles, parse_statements, render

@@ -108,7 +108,7 @@ def test_pass_at_1_of_each_model_beside_chance(tmp_path, monkeypatch):
 
 
 def test_an_evals_samples_file_alone_draws_its_figures(tmp_path, capsys):
-    from trl_smallrl.evaluation import write_samples
+    from trl_smallrl.eval_samples import write_samples
     from trl_smallrl.tasks import get_task
     from trl_smallrl.tasks.knights_knaves_traces import write_trace
 

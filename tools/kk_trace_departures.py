@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from trl_smallrl.configs import DataArguments, EvalArguments
-from trl_smallrl.evaluation import ALL_LEVELS, SAMPLES_FILE, level_order, samples_by_model
+from trl_smallrl.eval_samples import SAMPLES_FILE, samples_by_model
+from trl_smallrl.evaluation import ALL_LEVELS, level_order
 from trl_smallrl.recipe import parse_recipe
 from trl_smallrl.tasks import get_task
 from trl_smallrl.tasks.knights_knaves_traces import write_trace

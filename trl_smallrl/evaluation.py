@@ -14,9 +14,6 @@ the honest test of "this stage added something" (Miller 2024, "Adding Error Bars
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +24,14 @@ from trl_smallrl import atomic
 from trl_smallrl.completions import has_strict_format
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError, entry_point
+from trl_smallrl.eval_samples import (
+    SAMPLES_FILE,
+    earlier_models,
+    read_samples,
+    sample_records,
+    weights_fingerprint,
+    write_samples,
+)
 from trl_smallrl.generation import Completion, SamplingSettings, sample
 from trl_smallrl.models import public_model_id
 from trl_smallrl.pass_rates import mean_interval, pass_at_k
@@ -221,60 +226,6 @@ def write_result(result: Mapping[str, Any], output_dir: str | os.PathLike) -> tu
     return json_path, table_path
 
 
-SAMPLES_FILE = "samples.jsonl.gz"
-
-
-def puzzle_id(row: Mapping[str, Any]) -> str:
-    """A row's identity across models and runs: a digest of its prompt (the pairing key of `samples.jsonl.gz`)."""
-    return hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def sample_records(label: str, rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> list:
-    """One line a row for `samples.jsonl.gz`: the model's label, the level, the puzzle's id, the row as the task's
-    `is_correct` takes it (every column but the prompt), the completions, whether each is correct, their lengths in
-    tokens and whether each was cut at the token budget."""
-    return [
-        {
-            "model": label,
-            "level": record["level"],
-            "puzzle_id": puzzle_id(row),
-            "row": {key: value for key, value in row.items() if key != "prompt"},
-            "completions": record["texts"],
-            "correct": record["correct"],
-            "lengths": record["lengths"],
-            "truncated": record["truncated"],
-        }
-        for row, record in zip(rows, records, strict=True)
-    ]
-
-
-def write_samples(lines: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """`lines` as gzip-compressed JSON lines, written atomically (mtime 0: the same samples give the same bytes)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
-            handle.write("".join(json.dumps(line) + "\n" for line in lines).encode())
-
-    return atomic.write_file(path, write)
-
-
-def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of a `samples.jsonl.gz` (as `write_samples` wrote them), in the file's order: models in the order the
-    eval ran them, each model's puzzles in row order."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"samples: {str(path)!r} does not exist; give the samples.jsonl.gz of an eval.")
-    with gzip.open(path, "rt") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def samples_by_model(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """`read_samples` per model label: the models in the order the eval ran them, each one's puzzles in row order."""
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    for line in read_samples(path):
-        by_model.setdefault(line["model"], []).append(line)
-    return by_model
-
-
 def result_from_samples(path: str | os.PathLike, ks: Sequence[int] = (1, 4)) -> dict[str, Any]:
     """The eval result (per model and level, pass@k with intervals) from a `samples.jsonl.gz` alone.
 
@@ -318,8 +269,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     """Evaluate every model of `eval_args` on the eval rows; write and return the result.
 
     The result is rewritten after each model, so a long comparison killed midway keeps the models done, and a run
-    again into the same `eval_output_dir` takes them from there (`_earlier_models`: the same settings, label and
-    weights) instead of sampling them again: the reference run's final eval takes hours, more than a sitting.
+    again into the same `eval_output_dir` takes them from there (`eval_samples.earlier_models`: the same settings,
+    label and weights) instead of sampling them again: the reference run's final eval takes hours, more than a sitting.
     All models' completions, with the rows they were scored against, go to `samples.jsonl.gz` (rewritten after each
     model too; read it with `read_samples`), from which `smallrl-eval-table` rebuilds the tables alone.
     """
@@ -347,7 +298,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     }
     output_dir = Path(eval_args.eval_output_dir)
     settings = sampling_settings(eval_args)  # the same seed for every model: they draw from the same stream
-    earlier = _earlier_models(output_dir, result["spec"])
+    earlier = earlier_models(output_dir, result["spec"])
     sample_lines: list[dict] = []
     for number, (label, name) in enumerate(specs, 1):
         fingerprint = weights_fingerprint(name)
@@ -378,35 +329,6 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
         )
         write_result(result, output_dir)
     return result
-
-
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.json")  # what a model folder's weights and config live in
-
-
-def weights_fingerprint(name: str) -> str | None:
-    """A digest of the sizes and modification times of the weight and config files under a local model folder (its
-    checkpoints included: a run that trained on has another), or None for a Hub id, whose files are not ours to
-    watch. It tells an eval that a model it scored before is still the same."""
-    folder = Path(name)
-    if not folder.is_dir():
-        return None
-    files = sorted({path for pattern in WEIGHT_FILES for path in folder.rglob(pattern) if path.is_file()})
-    listing = [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
-
-
-def _earlier_models(output_dir: Path, spec: Mapping[str, Any]) -> dict[str, tuple[dict, list[dict]]]:
-    """The models an earlier eval wrote into `output_dir` with the same settings (`spec`), by label, each with its
-    lines of the samples file; nothing when the settings differ or a file is missing or unreadable."""
-    try:
-        earlier = json.loads((output_dir / "results.json").read_text())
-        lines = read_samples(output_dir / SAMPLES_FILE)
-    except (OSError, ValueError, ConfigError):
-        return {}
-    if earlier.get("spec") != json.loads(json.dumps(spec)):
-        return {}
-    return {model["label"]: (model, [line for line in lines if line["model"] == model["label"]])
-            for model in earlier.get("models", [])}  # fmt: skip
 
 
 @entry_point
