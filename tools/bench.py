@@ -15,7 +15,8 @@ in its own subprocess, so the peak resident memory is the case's own. Compare on
 6. Threads and allocator: the recipe's rollouts and SFT steps under OpenMP and glibc malloc settings.
 7. Dynamic sampling none / mask / resample on the tiny model.
 8. With a GPU: Qwen2.5-0.5B and -1.5B architectures under 24 and 48 GiB caps; without one, the section says so.
-9. The reference run: GRPO seconds per rollout (as issue 34 found the step, and now) and SFT seconds per trace, each beside the fp32 bound; GRPO needs the reference warm-up (`make reference`'s first stage).
+9. The reference run: GRPO seconds per rollout (as issue 34 found the step, and now) and SFT seconds per trace,
+   each beside the fp32 bound; GRPO needs the reference warm-up (`make reference`'s first stage).
 """
 
 from __future__ import annotations

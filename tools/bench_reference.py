@@ -1,8 +1,8 @@
 """`make bench`, section 9: what a step of the reference run (`make reference`) costs on this machine.
 
 GRPO seconds per rollout of the reference recipe from its warm-up, the step as issue 34 found it (micro-batches of
-masked groups alone scored, TRL's fused LM head on every position) and as it is now, and SFT seconds per trace of its warm-up, each beside the fp32
-matmul bound: the night's length is these figures times its 10240 rollouts and 2560 traces.
+masked groups alone scored, TRL's fused LM head on every position) and as it is now, and SFT seconds per trace of
+its warm-up, each beside the fp32 matmul bound: the night's length is these figures times its 10240 rollouts and 2560 traces.
 """
 
 from __future__ import annotations

@@ -94,10 +94,9 @@ def earlier_models(output_dir: Path, spec: Mapping[str, Any]) -> dict[str, tuple
     lines of the samples file; nothing when the settings differ or a file is missing or unreadable."""
     try:
         earlier = json.loads((output_dir / "results.json").read_text())
-        lines = read_samples(output_dir / SAMPLES_FILE)
+        lines = samples_by_model(output_dir / SAMPLES_FILE)
     except (OSError, ValueError, ConfigError):
         return {}
     if earlier.get("spec") != json.loads(json.dumps(spec)):
         return {}
-    return {model["label"]: (model, [line for line in lines if line["model"] == model["label"]])
-            for model in earlier.get("models", [])}  # fmt: skip
+    return {model["label"]: (model, lines.get(model["label"], [])) for model in earlier.get("models", [])}

@@ -303,7 +303,12 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     for number, (label, name) in enumerate(specs, 1):
         fingerprint = weights_fingerprint(name)
         kept = earlier.get(label)
-        if kept is not None and fingerprint is not None and kept[0].get("weights") == fingerprint:
+        if (
+            kept is not None
+            and fingerprint is not None
+            and kept[0]["model"] == name
+            and kept[0].get("weights") == fingerprint
+        ):
             print(f"eval: model {label} ({number} of {len(specs)}): kept from {output_dir} (the same settings and "
                   "weights)", flush=True)  # fmt: skip
             result["models"].append(kept[0])

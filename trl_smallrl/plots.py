@@ -2,8 +2,8 @@
 
 A run is read from the `trainer_state.json` that transformers saves (its `log_history` holds every logged
 metric, TRL's and ours), and an evaluation from the `results.json` of `smallrl-eval` or its `samples.jsonl.gz`
-alone; no tracker is needed. Each figure is drawn only from the metrics the run logged: a run without a curriculum simply gets
-no curriculum figure. Figures are PNG (matplotlib's Agg backend, no display needed).
+alone; no tracker is needed. Each figure is drawn only from the metrics the run logged: a run without a curriculum
+simply gets no curriculum figure. Figures are PNG (matplotlib's Agg backend, no display needed).
 """
 
 from __future__ import annotations
@@ -242,13 +242,16 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     return written
 
 
-def plot_pass_at_1(eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+def plot_pass_at_1(
+    eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, result: Mapping[str, Any] | None = None
+) -> list[Path]:
     """pass@1 of each model in the eval's order (a data-scale curve, or a run's stages) per level, with its 95%
-    interval and the task's chance (a uniform guess) beside it: the picture of a table of `smallrl-eval`."""
+    interval and the task's chance (a uniform guess) beside it: the picture of a table of `smallrl-eval`. `result`:
+    the eval's result when the caller has read it already."""
     plt = _pyplot()
     from trl_smallrl.tasks import get_task
 
-    result = _eval_result(eval_json)
+    result = result if result is not None else _eval_result(eval_json)
     levels = [level for level in _levels(result) if level != "all"]
     if not levels:
         return []
@@ -279,12 +282,15 @@ def plot_pass_at_1(eval_json: str | os.PathLike, out_dir: str | os.PathLike | No
     return [_save(fig, _eval_out_dir(eval_json, out_dir) / "pass_at_1.png")]
 
 
-def plot_pass_at_k(eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """pass@k against k (1..n) per level, one line per model, from the per-prompt counts of an eval result."""
+def plot_pass_at_k(
+    eval_json: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, result: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """pass@k against k (1..n) per level, one line per model, from the per-prompt counts of an eval result
+    (`result`: the eval's result when the caller has read it already)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    result = _eval_result(eval_json)
+    result = result if result is not None else _eval_result(eval_json)
     levels = _levels(result)
     if not levels:
         return []
@@ -364,7 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     written = plot_run(args.run_dir, args.out) if args.run_dir else []
     if args.eval_json:
         out = args.out or (Path(args.run_dir) / "plots" if args.run_dir else None)
-        written += plot_pass_at_k(args.eval_json, out) + plot_pass_at_1(args.eval_json, out)
+        result = _eval_result(args.eval_json)  # once: a samples file is scored again as it is read
+        written += plot_pass_at_k(args.eval_json, out, result=result) + plot_pass_at_1(
+            args.eval_json, out, result=result
+        )
     for path in written:
         print(path)
 
