@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from tests.launch import accelerate_launch
 
 pytest.importorskip("deepspeed")  # the `dev` extra brings it; a bare install without it skips these runs
 
@@ -69,8 +70,7 @@ def _accelerate_config(tmp_path: Path, name: str) -> Path:
 
 
 def _launch(tmp_path: Path, config: str, target: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(_accelerate_config(tmp_path, config)), *target]  # fmt: skip
+    command = accelerate_launch(_accelerate_config(tmp_path, config), *target)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     if check:

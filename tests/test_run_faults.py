@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.curriculum_run import CURRICULUM_RUN, LEVELS, expected_level
+from tests.launch import accelerate_launch
 from trl_smallrl.checkpoints import last_complete_checkpoint, resume_checkpoint
 from trl_smallrl.errors import ConfigError
 
@@ -198,22 +199,12 @@ with open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w") as handle:
 """
 
 
-def _accelerate_launch(*args: str) -> list[str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_MULTIPROCESS),
-            "--main_process_port", str(port), *args]  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_nan_loss_on_one_rank_stops_both_with_the_same_message(tiny_model_dir, tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(NAN_WORKER)
     recipe = _recipe(tmp_path, tiny_model_dir)
-    command = _accelerate_launch(str(worker), str(tmp_path), "--config", str(recipe))
+    command = accelerate_launch(CPU_MULTIPROCESS, str(worker), str(tmp_path), "--config", str(recipe))
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]  # both ranks stopped and returned: no hang
     messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
@@ -229,7 +220,7 @@ def test_ctrl_c_under_torchrun_saves_a_checkpoint_on_both_ranks(tiny_model_dir, 
     on the curriculum's level at every step, before and after the resume."""
     out, steps = tmp_path / "out", 10
     recipe = _recipe(tmp_path, tiny_model_dir, max_steps=steps, save_steps=100, **CURRICULUM_RUN)
-    command = _accelerate_launch("-m", "trl_smallrl.grpo", "--config", str(recipe))
+    command = accelerate_launch(CPU_MULTIPROCESS, "-m", "trl_smallrl.grpo", "--config", str(recipe))
     launcher = subprocess.Popen(
         command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -252,7 +243,9 @@ def test_ctrl_c_under_torchrun_saves_a_checkpoint_on_both_ranks(tiny_model_dir, 
     # Two ranks really ran: each step recorded one prompt (4 completions / 4 generations) from each rank.
     assert saved["levels"] == LEVELS and sum(len(r) for r in saved["results"].values()) == 2 * stopped_at
     result = subprocess.run(
-        _accelerate_launch("-m", "trl_smallrl.grpo", "--config", str(recipe), "--resume_from_checkpoint", "last"),
+        accelerate_launch(
+            CPU_MULTIPROCESS, "-m", "trl_smallrl.grpo", "--config", str(recipe), "--resume_from_checkpoint", "last"
+        ),
         env=_env(),
         capture_output=True,
         text=True,
