@@ -125,7 +125,8 @@ class CPURolloutHooks:
         prompt each group's completions share runs once (`shared_prefix`), and in one process the LM head projects
         the completion tokens alone (`completion_logps_and_entropies`). GPUs keep TRL's own path."""
         scoring = super()._get_per_token_logps_and_entropies
-        if args or kwargs.get("pixel_values") is not None or not self._shares_prompts(model):
+        images = any(value is not None for key, value in kwargs.items() if key != "compute_aux_loss")
+        if args or images or not self._shares_prompts(model):
             return scoring(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, *args, **kwargs
             )
@@ -160,17 +161,15 @@ class CPURolloutHooks:
         cut = logits_to_keep - kept  # the cut columns score 0, as TRL's masked positions do
         return F.pad(logps, (0, cut)), None if entropies is None else F.pad(entropies, (0, cut)), aux_loss
 
-    def _scores_completions_alone(
-        self, rows, logits_to_keep, batch_size=None, compute_aux_loss=False, **kwargs
-    ) -> bool:
+    def _scores_completions_alone(self, rows, logits_to_keep, batch_size=None, compute_aux_loss=False, **_) -> bool:
         """Whether a scoring call runs `completion_logps_and_entropies` rather than TRL's fused LM head, which on a
         CPU (no Triton) projects every position of every row, the prompt's and the padding's too (about 2.7 times
         the completion tokens of a reference-recipe micro-batch), and folds each vocabulary tile in a dozen
         elementwise passes: about half of a CPU step's training time. One process only, as for the skip of masked
-        micro-batches (the backbone and the head are called past the DDP or DeepSpeed wrapper); text only; no MoE
-        router loss; and while a call's completion logits fit `COMPLETION_LOGITS_BUDGET`."""
-        multimodal = any(value is not None for key, value in kwargs.items() if key != "compute_entropy")
-        if multimodal or compute_aux_loss or self.aux_loss_enabled:
+        micro-batches (the backbone and the head are called past the DDP or DeepSpeed wrapper); no MoE router loss
+        (images never reach it: the caller keeps TRL's path for them); and while a call's completion logits fit
+        `COMPLETION_LOGITS_BUDGET`."""
+        if compute_aux_loss or self.aux_loss_enabled:
             return False
         if self.accelerator.num_processes != 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return False
