@@ -102,8 +102,10 @@ def test_a_resumed_run_is_the_run_that_never_stopped(tiny_model_dir, tmp_path, m
     whole, after = _step_logs(straight), _step_logs(resumed)
     assert [entry["step"] for entry in whole] == list(range(1, STEPS + 1))
     assert after == whole  # every metric of every step: the resumed state carried the run's history and went on
-    curve = [entry["step"] for entry in whole if "heldout/pass@1_level_2" in entry and "heldout/format" in entry]
-    assert curve == [CHECKPOINT, STEPS]  # the held-out curve, with the step of each checkpoint
+    for run in (straight, resumed):  # the held-out curve: the starting model, then each checkpoint, once each
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        curve = [entry["step"] for entry in history if "heldout/pass@1_level_2" in entry and "heldout/format" in entry]
+        assert curve == [0, CHECKPOINT, STEPS]
     if method == "grpo":  # what makes the comparison bite: the level changed and fresh prompts were drawn
         assert [entry["curriculum/level"] for entry in whole] == [2, 2, 3, 3]
         assert all(entry["dynamic_sampling/tries"] == 1 for entry in whole)

@@ -1,4 +1,5 @@
-"""The held-out learning curve: pass@1 on the recipe's eval rows at every checkpoint, logged with the step.
+"""The held-out learning curve: pass@1 on the recipe's eval rows before training and at every checkpoint, logged with
+the step.
 
 The training reward says how the model does on the prompts it trains on, at the curriculum's current level; whether
 it learns to reason shows on puzzles it never trains on, at every level. So at each checkpoint `HeldOutCurve`
@@ -6,8 +7,9 @@ samples `heldout_num_samples` completions for each row of the recipe's eval spli
 `smallrl-eval` takes first with the same `task_seed`), at the eval's sampling (temperature 0.7, top-p 0.95, the
 eval's fixed seed, so every checkpoint is scored on the same draws and two points differ by the model alone), and
 logs per level `heldout/pass@1_level_N` and its 95% half-width `heldout/pass@1_ci95_level_N`, and
-`heldout/format`. The values join the step's own metrics (trainer_state.json, the trackers, the checkpoint), so a
-resumed run has the points before it; `smallrl-plot` draws them beside the training correctness and the level.
+`heldout/format`. The values join the step's own metrics (trainer_state.json, the trackers, the checkpoint; step 0's
+point, the model the run starts from, is logged alone), so a resumed run has the points before it; `smallrl-plot`
+draws them beside the training correctness and the level.
 
 It samples on the main process from the model as it is, in its own random stream (the training's random state is
 left as it was, so a run with the curve trains as a run without it), with the LoRA update added into the base on a
@@ -49,8 +51,8 @@ def curve_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 class HeldOutCurve(TrainerCallback):
-    """Held-out pass@1 at each step that saves a checkpoint (every `every` steps of them, where given), added to the
-    metrics that step logs (module docstring).
+    """Held-out pass@1 before the first step and at each step that saves a checkpoint (every `every` steps of them,
+    where given), added to the metrics that step logs (module docstring).
 
     `rows`: the eval split's rows (the task's row schema); the metrics go into the trainer's own metric lists
     (`_metrics["train"]`, which TRL's SFT and GRPO trainers average into the next log), so they are logged at the
@@ -72,14 +74,27 @@ class HeldOutCurve(TrainerCallback):
             )
         )
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """The curve's first point, at step 0: the model the run starts from (the warm-up), so that the curve shows
+        what training adds to it on the same draws. Logged on its own (no step's metrics to join); a resumed run
+        has it in its history already."""
+        if state.global_step == 0 and self.rows:
+            metrics = self.point(state)
+            if metrics:
+                self.trainer.log(metrics)
+
     def on_step_end(self, args, state, control, **kwargs):
         if not control.should_save or not self.rows or (self.every and state.global_step % self.every):
             return
+        for key, value in self.point(state).items():
+            self.trainer._metrics["train"][key].append(value)
+
+    def point(self, state) -> dict[str, float]:
+        """The curve's metrics at this step, sampled on the main process (empty on the others, which wait)."""
+        metrics = {}
         if state.is_world_process_zero:
             started = time.perf_counter()
             metrics = curve_metrics(score_samples(self.rows, self.sample()))
-            for key, value in metrics.items():
-                self.trainer._metrics["train"][key].append(value)
             levels = ", ".join(
                 f"{key.rsplit('_', 1)[1]} people {value:.3f}"
                 for key, value in metrics.items()
@@ -89,6 +104,7 @@ class HeldOutCurve(TrainerCallback):
                 "held-out pass@1 at step %d: %s (%.0f s)", state.global_step, levels, time.perf_counter() - started
             )
         self.trainer.accelerator.wait_for_everyone()
+        return metrics
 
     def sample(self):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
