@@ -62,6 +62,19 @@ def _one_error_line(capsys, main, argv) -> str:
         ({"report_to": "bogustracker"}, r"report_to: unknown value 'bogustracker'"),
         ({"train_size": -5}, r"train_size: -5 rows per level"),
         ({"levels": 2}, r"levels: 2 must be a list"),
+        (
+            {"metric_for_best_model": "heldout/pass@1"},
+            r"metric_for_best_model: 'heldout/pass@1' is a held-out curve metric, and heldout_num_samples is 0",
+        ),
+        (
+            {"metric_for_best_model": "heldout/pass@1", "heldout_num_samples": 1, "eval_strategy": "steps"},
+            r"metric_for_best_model: 'heldout/pass@1' is scored by the held-out curve.*set eval_strategy: no",
+        ),
+        (
+            {"metric_for_best_model": "heldout/pass@1_level_3", "heldout_num_samples": 1, "eval_size": 2},
+            r"metric_for_best_model: 'heldout/pass@1_level_3' is not a metric of this held-out curve; use one of "
+            r"heldout/pass@1, heldout/pass@1_level_2, heldout/format",
+        ),
     ],
 )
 def test_grpo_recipe_mistakes(tmp_path, tiny_model_dir, capsys, changes, expected):

@@ -7,9 +7,19 @@ samples `heldout_num_samples` completions for each row of the recipe's eval spli
 `smallrl-eval` takes first with the same `task_seed`), at the eval's sampling (temperature 0.7, top-p 0.95, the
 eval's fixed seed, so every checkpoint is scored on the same draws and two points differ by the model alone), and
 logs per level `heldout/pass@1_level_N` and its 95% half-width `heldout/pass@1_ci95_level_N`, and
-`heldout/format`. The values join the step's own metrics (trainer_state.json, the trackers, the checkpoint; step 0's
-point, the model the run starts from, is logged alone), so a resumed run has the points before it; `smallrl-plot`
-draws them beside the training correctness and the level.
+`heldout/format`, and `heldout/pass@1` over all its rows (the mean over levels: each has `eval_size` rows). The
+values join the step's own metrics (trainer_state.json, the trackers, the checkpoint; step 0's point, the model the
+run starts from, is logged alone), so a resumed run has the points before it; `smallrl-plot` draws them beside the
+training correctness and the level.
+
+A long RL run can peak and then decline (a 1.5B model on math gains in its first 50-100 steps and degrades after
+150-200; the reference run's 3-person pass@1 went 0.32 -> 0.57 by step 180, then back to 0.36 by step 260 while it
+trained at 4 people). With `metric_for_best_model` naming one of these metrics (`heldout/pass@1` say), each point
+also keeps the Trainer's record of the best checkpoint (`state.best_metric`, `best_global_step`), as its own
+evaluation would: the Trainer then records `best_model_checkpoint` in trainer_state.json, rotation under
+`save_total_limit` never deletes it, and `collapse_action: rollback` returns to it. The curve's rows are the first
+`eval_size` rows of the eval split, which an eval of more rows includes: a checkpoint chosen on them reads a little
+high there.
 
 It samples on the main process from the model as it is, in its own random stream (the training's random state is
 left as it was, so a run with the curve trains as a run without it), with the LoRA update added into the base on a
@@ -20,11 +30,13 @@ CPU as the rollouts do. Sharded weights (ZeRO-3, FSDP) are not whole on one proc
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
 
 from trl_smallrl.adapters import adapter_added_to_base
@@ -46,8 +58,30 @@ def curve_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             metrics[f"{PREFIX}pass@1_level_{level}"] = stats["pass@1"]
             metrics[f"{PREFIX}pass@1_ci95_level_{level}"] = stats["pass@1_ci95"]
     if ALL_LEVELS in summary:
+        metrics[f"{PREFIX}pass@1"] = summary[ALL_LEVELS]["pass@1"]
         metrics[f"{PREFIX}format"] = summary[ALL_LEVELS]["format_rate"]
     return metrics
+
+
+def best_metric_keys(levels: Sequence[int]) -> list[str]:
+    """The curve's metrics that `metric_for_best_model` may name, for a curve over `levels`."""
+    return [f"{PREFIX}pass@1", *(f"{PREFIX}pass@1_level_{level}" for level in levels), f"{PREFIX}format"]
+
+
+def record_best(args, state, value: float | None) -> None:
+    """Record this step as the best checkpoint (`state.best_metric`, `best_global_step`, which the Trainer's save
+    turns into `best_model_checkpoint`) when `value` beats `state.best_metric` by `greater_is_better`; a tie keeps
+    the earlier step. `value` is the main process's figure, sent to every rank, so that all agree on the step (the
+    Trainer's save waits for every rank when a best step is set)."""
+    (value,) = broadcast_object_list([value])
+    if value is None:
+        return
+    better = operator.gt if args.greater_is_better else operator.lt
+    if state.best_metric is None or better(value, state.best_metric):
+        state.best_metric, state.best_global_step = value, state.global_step
+        logger.info(
+            "best held-out checkpoint so far: step %d (%s %.3f)", state.global_step, args.metric_for_best_model, value
+        )
 
 
 class HeldOutCurve(TrainerCallback):
@@ -86,8 +120,24 @@ class HeldOutCurve(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if not control.should_save or not self.rows or (self.every and state.global_step % self.every):
             return
-        for key, value in self.point(state).items():
+        metrics = self.point(state)
+        for key, value in metrics.items():
             self.trainer._metrics["train"][key].append(value)
+        if (args.metric_for_best_model or "").startswith(PREFIX):
+            record_best(args, state, metrics.get(args.metric_for_best_model))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if (
+            state.is_world_process_zero
+            and state.best_model_checkpoint
+            and PREFIX in (args.metric_for_best_model or "")
+        ):
+            logger.info(
+                "the best held-out checkpoint: %s (%s %.3f)",
+                state.best_model_checkpoint,
+                args.metric_for_best_model,
+                state.best_metric,
+            )
 
     def point(self, state) -> dict[str, float]:
         """The curve's metrics at this step, sampled on the main process (empty on the others, which wait)."""
