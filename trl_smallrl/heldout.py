@@ -13,10 +13,10 @@ run starts from, is logged alone), so a resumed run has the points before it; `s
 training correctness and the level.
 
 A long RL run can peak and then decline (a 1.5B model on math gains in its first 50-100 steps and degrades after
-150-200; the reference run's 3-person pass@1 went 0.32 -> 0.57 by step 180, then back to 0.36 by step 260 while it
-trained at 4 people). With `metric_for_best_model` naming one of these metrics (`heldout/pass@1` say), each point
-also keeps the Trainer's record of the best checkpoint (`state.best_metric`, `best_global_step`), as its own
-evaluation would: the Trainer then records `best_model_checkpoint` in trainer_state.json, rotation under
+150-200; the reference run's curve at 3 people, 50 puzzles x 2, went 0.32 -> 0.57 by step 180 and back to 0.36 by
+step 260 while it trained at 4 people). With `metric_for_best_model` naming one of these metrics (`heldout/pass@1`
+say), each point also keeps the Trainer's record of the best checkpoint (`state.best_metric`, `best_global_step`),
+as its own evaluation would: the Trainer then records `best_model_checkpoint` in trainer_state.json, rotation under
 `save_total_limit` never deletes it, and `collapse_action: rollback` returns to it. The curve's rows are the first
 `eval_size` rows of the eval split, which an eval of more rows includes: a checkpoint chosen on them reads a little
 high there.
