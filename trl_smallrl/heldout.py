@@ -130,7 +130,7 @@ class HeldOutCurve(TrainerCallback):
         if (
             state.is_world_process_zero
             and state.best_model_checkpoint
-            and PREFIX in (args.metric_for_best_model or "")
+            and (args.metric_for_best_model or "").startswith(PREFIX)
         ):
             logger.info(
                 "the best held-out checkpoint: %s (%s %.3f)",

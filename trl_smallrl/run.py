@@ -113,13 +113,14 @@ def heldout_curve_rows(script_args, training_args) -> list:
     if samples < 0:
         raise ConfigError(f"heldout_num_samples: {samples} must be >= 0 (0: no held-out curve).")
     best = training_args.metric_for_best_model or ""
-    if best.startswith("heldout/") and not samples:
+    best_on_curve = best.startswith("heldout/")
+    if best_on_curve and not samples:
         raise ConfigError(
             f"metric_for_best_model: {best!r} is a held-out curve metric, and heldout_num_samples is 0 (no curve); "
             "set heldout_num_samples > 0 or name another metric."
         )
     evaluating = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
-    if best.startswith("heldout/") and evaluating != "no":
+    if best_on_curve and evaluating != "no":
         raise ConfigError(
             f"metric_for_best_model: {best!r} is scored by the held-out curve, not by eval_strategy: {evaluating} "
             "(the Trainer would look for it in its own eval's metrics); set eval_strategy: no."
@@ -146,7 +147,7 @@ def heldout_curve_rows(script_args, training_args) -> list:
         raise ConfigError(
             "heldout_num_samples: the eval split is empty; set eval_size > 0, or heldout_num_samples: 0."
         )
-    if best.startswith("heldout/"):
+    if best_on_curve:
         from trl_smallrl.heldout import best_metric_keys
 
         keys = best_metric_keys(sorted({row["level"] for row in rows}))
