@@ -88,9 +88,9 @@ grpo: install $(if $(RECIPE),,$(SFT_OUTPUT)/trainer_state.json)
 # each stage resumes from its last checkpoint, `--resume_from_checkpoint last`; a finished stage is not run again):
 # the 2560-trace warm-up, 320 GRPO steps with the held-out curve, then the final eval of both at 2, 3 and 4 people
 # (500 puzzles x 4) with its samples. Its folders are the recipes' (outputs/reference, outputs/eval/reference).
-reference: install outputs/eval/reference/results.json
-
-outputs/eval/reference/results.json: outputs/reference/grpo/trainer_state.json
+# The eval runs every time: it keeps the models an earlier sitting finished (same settings and weights) and samples
+# the rest, so no file of its own can say it is done (results.json is written after each model).
+reference: install outputs/reference/grpo/trainer_state.json
 	@start=$$(date +%s); $(PY) -m trl_smallrl.evaluation --config $(REFERENCE_RECIPES)/eval/kk_reference.yaml || exit $$?; \
 	echo "reference eval took $$(( $$(date +%s) - start )) s"
 
