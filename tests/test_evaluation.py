@@ -10,7 +10,7 @@ import pytest
 
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.eval_samples import SAMPLES_FILE, read_samples, write_samples
+from trl_smallrl.eval_samples import PROGRESS_FILE, SAMPLES_FILE, read_samples, write_samples
 from trl_smallrl.evaluation import result_from_samples, results_table, summarize, table_main
 from trl_smallrl.pass_rates import pass_at_k
 from trl_smallrl.recipe import parse_recipe
@@ -240,6 +240,50 @@ def test_an_eval_run_again_keeps_the_models_it_scored_with_the_same_settings_and
     printed, other, _ = run("--eval_temperature", "0.5")
     assert printed == ["eval: model a (1 of 2): 2 prompts x 2", "eval: model b (2 of 2): 2 prompts x 2"]
     assert other["spec"]["temperature"] == 0.5
+
+
+def test_an_eval_killed_inside_a_model_resumes_at_its_next_batch_with_the_same_draws(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """A model's sampling killed after a generation batch resumes there, from the saved random state: the samples
+    an unbroken eval draws. A progress file of other settings is not taken; it goes once its model is done."""
+    from trl_smallrl import generation
+    from trl_smallrl.evaluation import main
+
+    argv = ["--levels", "2", "3", "--eval_size", "3", "--eval_models", f"a={tiny_model_dir}",
+            "--eval_num_samples", "2", "--eval_k", "1", "2", "--eval_max_new_tokens", "8",
+            "--eval_generation_batch_size", "2"]  # fmt: skip
+    main([*argv, "--eval_output_dir", str(tmp_path / "unbroken")])
+    unbroken = read_samples(tmp_path / "unbroken" / SAMPLES_FILE)
+    saved, save = [], generation.SamplingProgress.save
+
+    def save_then_kill(kill_after):
+        def saving(progress, completions):
+            save(progress, completions)
+            saved.append(len(completions))
+            if len(saved) == kill_after:
+                raise KeyboardInterrupt  # killed once that batch was saved
+
+        monkeypatch.setattr(generation.SamplingProgress, "save", saving)
+
+    out = tmp_path / "eval"
+    save_then_kill(2)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--eval_output_dir", str(out)])
+    assert saved == [2, 4] and (out / PROGRESS_FILE).exists() and not (out / SAMPLES_FILE).exists()
+    capsys.readouterr()
+    main([*argv, "--eval_output_dir", str(out)])  # 3 batches of 2 prompts: the third is the one left
+    assert saved == [2, 4, 6]
+    assert f"resuming the sampling after 4 prompts, from {out / PROGRESS_FILE}" in capsys.readouterr().err
+    assert read_samples(out / SAMPLES_FILE) == unbroken and not (out / PROGRESS_FILE).exists()
+
+    other = tmp_path / "other"
+    saved.clear()
+    save_then_kill(1)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--eval_output_dir", str(other), "--eval_temperature", "0.5"])
+    main([*argv, "--eval_output_dir", str(other)])  # the 0.5 run's first batch is not taken
+    assert saved == [2, 2, 4, 6] and read_samples(other / SAMPLES_FILE) == unbroken
 
 
 def test_the_samples_file_refuses_verdicts_the_verifier_does_not_give(tmp_path):

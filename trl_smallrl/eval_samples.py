@@ -4,7 +4,8 @@ One line a puzzle and model: the model's label, the level, the puzzle's id (a di
 models and runs: the pairing key), the row as the task's verifier takes it, the completions, whether each is correct,
 their lengths and whether each was cut at the token budget. `smallrl-eval-table` rebuilds an eval's tables from it
 alone (`evaluation.result_from_samples`); the K&K tools read it too. An eval run again into the same folder takes
-from it (and from `results.json`) the models it scored with the same settings and weights (`earlier_models`).
+from it (and from `results.json`) the models it scored with the same settings and weights (`earlier_models`), and
+the model it was on from its last batch (`PROGRESS_FILE`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from trl_smallrl import atomic
 from trl_smallrl.errors import ConfigError
 
 SAMPLES_FILE = "samples.jsonl.gz"
+PROGRESS_FILE = "sampling_progress.json.gz"  # the model an eval is on, batch by batch (`generation.SamplingProgress`)
 
 
 def puzzle_id(row: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,16 @@ from trl_smallrl.completions import has_strict_format
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.eval_samples import (
+    PROGRESS_FILE,
     SAMPLES_FILE,
     earlier_models,
+    puzzle_id,
     read_samples,
     sample_records,
     weights_fingerprint,
     write_samples,
 )
-from trl_smallrl.generation import Completion, SamplingSettings, sample
+from trl_smallrl.generation import Completion, SamplingProgress, SamplingSettings, sample
 from trl_smallrl.models import public_model_id
 from trl_smallrl.pass_rates import mean_interval, pass_at_k
 from trl_smallrl.recipe import parse_recipe
@@ -270,7 +273,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
 
     The result is rewritten after each model, so a long comparison killed midway keeps the models done, and a run
     again into the same `eval_output_dir` takes them from there (`eval_samples.earlier_models`: the same settings,
-    label and weights) instead of sampling them again: the reference run's final eval takes hours, more than a sitting.
+    label and weights) instead of sampling them again; the model it was on resumes at its next generation batch with
+    the same draws (`generation.SamplingProgress`): the reference run's final eval takes hours, more than a sitting.
     All models' completions, with the rows they were scored against, go to `samples.jsonl.gz` (rewritten after each
     model too; read it with `read_samples`), from which `smallrl-eval-table` rebuilds the tables alone.
     """
@@ -318,7 +322,10 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
             f"eval: model {label} ({number} of {len(specs)}): {len(rows)} prompts x {settings.num_samples}", flush=True
         )
         started = time.perf_counter()
-        samples = sample(name, [row["prompt"] for row in rows], settings, field="eval_models")
+        identity = {"spec": result["spec"], "sampling": asdict(settings), "label": label, "model": name,
+                    "weights": fingerprint, "puzzles": [puzzle_id(row) for row in rows]}  # fmt: skip
+        progress = SamplingProgress(output_dir / PROGRESS_FILE, identity)
+        samples = sample(name, [row["prompt"] for row in rows], settings, field="eval_models", progress=progress)
         records = score_samples(rows, samples)
         sample_lines += sample_records(label, rows, records)
         write_samples(sample_lines, output_dir / SAMPLES_FILE)
@@ -333,6 +340,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
             }
         )
         write_result(result, output_dir)
+        progress.clear()
     return result
 
 

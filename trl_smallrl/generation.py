@@ -15,15 +15,22 @@ template opens `<think>` itself (DeepSeek-R1-Distill), that prefill is put back 
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
-from collections.abc import Mapping, Sequence
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from trl_smallrl import atomic
 from trl_smallrl.completions import template_prefill, with_prefill
 from trl_smallrl.decoding import sample_tokens, supports_sample_tokens
 from trl_smallrl.models import resolve_model
 from trl_smallrl.precision import accelerator_name, decode_compute_dtype, inference_dtype
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,26 +55,77 @@ class Completion:
     truncated: bool  # hit max_new_tokens before ending
 
 
+@dataclass(frozen=True)
+class SamplingProgress:
+    """Where a long sampling keeps what it has drawn, so that a killed one resumes at its next batch and draws what
+    an unbroken one would: after each batch the completions so far and torch's random states (CPU and CUDA), written
+    atomically to `path`, with `identity` (what is sampled: the model, its weights, the settings, the prompts). A
+    file of another identity is ignored and replaced. The eval keeps one for the model it is on: the reference run's
+    final eval samples a model for more than an hour on a CPU. transformers' sampling only (vLLM draws a model in one
+    call, in minutes on a GPU)."""
+
+    path: Path
+    identity: Mapping[str, Any]
+
+    def restore(self) -> list[list[Completion]]:
+        """The completions kept for this identity (none without a file of it), torch's random states set to follow."""
+        import torch
+
+        try:
+            saved = json.loads(gzip.decompress(Path(self.path).read_bytes()))
+        except (OSError, ValueError, EOFError):
+            return []
+        if saved.get("identity") != json.loads(json.dumps(self.identity)):
+            return []
+        torch.set_rng_state(torch.tensor(saved["cpu_random_state"], dtype=torch.uint8))
+        if saved["cuda_random_states"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in saved["cuda_random_states"]])
+        logger.info("resuming the sampling after %d prompts, from %s", len(saved["completions"]), self.path)
+        return [[Completion(*completion) for completion in row] for row in saved["completions"]]
+
+    def save(self, completions: Sequence[Sequence[Completion]]) -> None:
+        import torch
+
+        cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+        payload = {
+            "identity": self.identity,
+            "completions": [[[c.text, c.length, c.truncated] for c in row] for row in completions],
+            "cpu_random_state": torch.get_rng_state().tolist(),
+            "cuda_random_states": cuda,
+        }
+        atomic.write_file(self.path, lambda tmp: tmp.write_bytes(gzip.compress(json.dumps(payload).encode(), mtime=0)))
+
+    def clear(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
 def _vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and accelerator_name() is not None
 
 
 def sample(
-    name_or_path: str, prompts: Sequence[list[dict]], settings: SamplingSettings, field: str = "model"
+    name_or_path: str,
+    prompts: Sequence[list[dict]],
+    settings: SamplingSettings,
+    field: str = "model",
+    progress: SamplingProgress | None = None,
 ) -> list[list[Completion]]:
     """`settings.num_samples` completions for each conversational prompt, in prompt order.
 
     `name_or_path` is anything `models.resolve_model` accepts (an adapter folder is sampled as its float32
     merge); `field` names the recipe field or option it came from, for the error of a wrong name. Prompts are
     rendered with `settings.chat_template_kwargs`; each completion's text starts with the template's `<think>`
-    prefill where it has one (module docstring).
+    prefill where it has one (module docstring). With `progress`, a sampling killed midway resumes where it was.
     """
     from transformers import AutoTokenizer
 
     path = resolve_model(name_or_path, field=field)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    backend = _sample_vllm if _vllm_usable() else _sample_transformers
-    return with_template_prefill(backend(path, tokenizer, prompts, settings), tokenizer, settings)
+    if _vllm_usable():
+        samples = _sample_vllm(path, tokenizer, prompts, settings)
+    else:
+        samples = _sample_transformers(path, tokenizer, prompts, settings, progress)
+    return with_template_prefill(samples, tokenizer, settings)
 
 
 def with_template_prefill(samples: list[list[Completion]], tokenizer, settings: SamplingSettings):
@@ -78,7 +136,9 @@ def with_template_prefill(samples: list[list[Completion]], tokenizer, settings: 
     return [[replace(c, text=with_prefill(c.text, prefill)) for c in row] for row in samples]
 
 
-def _sample_transformers(path: str, tokenizer, prompts, settings: SamplingSettings) -> list[list[Completion]]:
+def _sample_transformers(
+    path: str, tokenizer, prompts, settings: SamplingSettings, progress: SamplingProgress | None
+) -> list[list[Completion]]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -87,13 +147,27 @@ def _sample_transformers(path: str, tokenizer, prompts, settings: SamplingSettin
     model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(settings.dtype))
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     torch.manual_seed(settings.seed)  # every model sampled with one settings draws from the same stream
-    return sample_with_model(model, tokenizer, prompts, settings)
+    if progress is None:
+        return sample_with_model(model, tokenizer, prompts, settings)
+    kept = progress.restore()  # saved at a batch's end: the rest starts on a batch boundary, from the saved state
+    rest = sample_with_model(
+        model, tokenizer, prompts[len(kept) :], settings, on_batch=lambda done: progress.save([*kept, *done])
+    )
+    return [*kept, *rest]
 
 
-def sample_with_model(model, tokenizer, prompts, settings: SamplingSettings, desc: str = "generating"):
+def sample_with_model(
+    model,
+    tokenizer,
+    prompts,
+    settings: SamplingSettings,
+    desc: str = "generating",
+    on_batch: Callable[[list[list[Completion]]], None] | None = None,
+):
     """`settings.num_samples` completions for each prompt from a loaded model, from torch's current random state
     (`sample` seeds it; a checkpoint's held-out curve forks it), `settings.batch_size` prompts a call: on a CPU
-    through `decoding.sample_tokens` where it runs the model, else `generate`. Texts as the model wrote them."""
+    through `decoding.sample_tokens` where it runs the model, else `generate`. Texts as the model wrote them.
+    `on_batch` gets the completions so far after each batch (`SamplingProgress.save`)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -147,6 +221,8 @@ def sample_with_model(model, tokenizer, prompts, settings: SamplingSettings, des
                 text = tokenizer.decode(kept, skip_special_tokens=True)
                 samples.append(Completion(text=text, length=len(kept), truncated=end is None))
             results.append(samples)
+        if on_batch is not None:
+            on_batch(results)
     return results
 
 
