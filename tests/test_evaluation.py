@@ -242,6 +242,27 @@ def test_an_eval_run_again_keeps_the_models_it_scored_with_the_same_settings_and
     assert other["spec"]["temperature"] == 0.5
 
 
+def test_an_eval_run_again_keeps_an_adapter_run_it_scored(tiny_grpo_run, tmp_path, capsys):
+    """An adapter run is sampled as its float32 merge, which the first eval writes into the run's folder: that cache
+    is not a change of weights, so the eval run again keeps the model (the reference run's GRPO model is one)."""
+    import shutil
+
+    from trl_smallrl.evaluation import main
+    from trl_smallrl.models import MERGED_SUBDIR
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_grpo_run, run, ignore=shutil.ignore_patterns(MERGED_SUBDIR))
+    argv = ["--levels", "2", "--eval_size", "2", "--eval_models", f"grpo={run}", "--eval_num_samples", "2",
+            "--eval_k", "1", "2", "--eval_max_new_tokens", "6", "--eval_output_dir", str(tmp_path / "eval")]  # fmt: skip
+    main(argv)
+    assert (run / MERGED_SUBDIR).is_dir()  # written by the first eval
+    capsys.readouterr()
+    main(argv)
+    assert f"eval: model grpo (1 of 1): kept from {tmp_path / 'eval'} (the same settings and weights)" in (
+        capsys.readouterr().out
+    )
+
+
 def test_an_eval_killed_inside_a_model_resumes_at_its_next_batch_with_the_same_draws(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):

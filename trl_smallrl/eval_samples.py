@@ -20,6 +20,7 @@ from typing import Any
 
 from trl_smallrl import atomic
 from trl_smallrl.errors import ConfigError
+from trl_smallrl.models import MERGED_SUBDIR
 
 SAMPLES_FILE = "samples.jsonl.gz"
 PROGRESS_FILE = "sampling_progress.json.gz"  # the model an eval is on, batch by batch (`generation.SamplingProgress`)
@@ -82,11 +83,19 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.json")  # what a model fold
 def weights_fingerprint(name: str) -> str | None:
     """A digest of the sizes and modification times of the weight and config files under a local model folder (its
     checkpoints included: a run that trained on has another), or None for a Hub id, whose files are not ours to
-    watch. It tells an eval that a model it scored before is still the same."""
+    watch. It tells an eval that a model it scored before is still the same. An adapter's float32 merge
+    (`models.MERGED_SUBDIR`) is left out: the eval's own sampling writes it, from the adapter files counted here."""
     folder = Path(name)
     if not folder.is_dir():
         return None
-    files = sorted({path for pattern in WEIGHT_FILES for path in folder.rglob(pattern) if path.is_file()})
+    files = sorted(
+        {
+            path
+            for pattern in WEIGHT_FILES
+            for path in folder.rglob(pattern)
+            if path.is_file() and MERGED_SUBDIR not in path.relative_to(folder).parts
+        }
+    )
     listing = [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
