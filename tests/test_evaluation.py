@@ -10,7 +10,7 @@ import pytest
 
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError
-from trl_smallrl.eval_samples import PROGRESS_FILE, SAMPLES_FILE, read_samples, write_samples
+from trl_smallrl.eval_samples import SAMPLES_FILE, progress_path, read_samples, write_samples
 from trl_smallrl.evaluation import result_from_samples, results_table, summarize, table_main
 from trl_smallrl.pass_rates import pass_at_k
 from trl_smallrl.recipe import parse_recipe
@@ -291,12 +291,12 @@ def test_an_eval_killed_inside_a_model_resumes_at_its_next_batch_with_the_same_d
     save_then_kill(2)
     with pytest.raises(KeyboardInterrupt):
         main([*argv, "--eval_output_dir", str(out)])
-    assert saved == [2, 4] and (out / PROGRESS_FILE).exists() and not (out / SAMPLES_FILE).exists()
+    assert saved == [2, 4] and progress_path(out, "a").exists() and not (out / SAMPLES_FILE).exists()
     capsys.readouterr()
     main([*argv, "--eval_output_dir", str(out)])  # 3 batches of 2 prompts: the third is the one left
     assert saved == [2, 4, 6]
-    assert f"resuming the sampling after 4 prompts, from {out / PROGRESS_FILE}" in capsys.readouterr().err
-    assert read_samples(out / SAMPLES_FILE) == unbroken and not (out / PROGRESS_FILE).exists()
+    assert f"resuming the sampling after 4 prompts, from {progress_path(out, 'a')}" in capsys.readouterr().err
+    assert read_samples(out / SAMPLES_FILE) == unbroken and not progress_path(out, "a").exists()
 
     other = tmp_path / "other"
     saved.clear()
@@ -365,3 +365,53 @@ def test_eval_reads_the_templates_think_prefill_and_renders_with_the_kwargs(tiny
     assert lines[2]["completions"] == ["two steps of reasoning\n</think>\n<answer>nobody</answer>"] * 2
     assert [engine["chat_template_kwargs"] for engine in fake.engines] == [{"enable_thinking": False}] * 2
     assert result["spec"]["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_an_eval_of_other_models_or_order_keeps_each_models_progress_and_samples(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """An eval of one model killed midway, then the eval of two that begins with the other model: the first model's
+    progress is not replaced by the second's, and a model kept from an earlier eval stays in the files whatever its
+    place (the reference run's GRPO model was sampled alone, then the whole eval ran with the warm-up first)."""
+    import json
+
+    from trl_smallrl import generation
+    from trl_smallrl.evaluation import main
+
+    argv = ["--levels", "2", "3", "--eval_size", "3", "--eval_num_samples", "2", "--eval_k", "1", "2",
+            "--eval_max_new_tokens", "8", "--eval_generation_batch_size", "2"]  # fmt: skip
+    both = ["--eval_models", f"a={tiny_model_dir}", f"b={tiny_model_dir}"]
+    main([*argv, *both, "--eval_output_dir", str(tmp_path / "unbroken")])
+    unbroken = read_samples(tmp_path / "unbroken" / SAMPLES_FILE)
+    saves, save = [], generation.SamplingProgress.save
+
+    def kill_after(batches):
+        def saving(progress, completions):
+            save(progress, completions)
+            saves.append(progress.path.name)
+            if len(saves) == batches:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(generation.SamplingProgress, "save", saving)
+
+    out = tmp_path / "eval"
+    kill_after(2)  # b: 2 batches of 2 prompts
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--eval_models", f"b={tiny_model_dir}", "--eval_output_dir", str(out)])
+    kill_after(3)  # a: 1 batch
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, *both, "--eval_output_dir", str(out)])
+    assert progress_path(out, "a").exists() and progress_path(out, "b").exists()
+    capsys.readouterr()
+    monkeypatch.setattr(generation.SamplingProgress, "save", save)
+    main([*argv, *both, "--eval_output_dir", str(out)])
+    printed = capsys.readouterr().err
+    assert f"resuming the sampling after 2 prompts, from {progress_path(out, 'a')}" in printed
+    assert f"resuming the sampling after 4 prompts, from {progress_path(out, 'b')}" in printed
+    assert read_samples(out / SAMPLES_FILE) == unbroken
+
+    single = tmp_path / "single"
+    main([*argv, "--eval_models", f"b={tiny_model_dir}", "--eval_output_dir", str(single)])
+    main([*argv, *both, "--eval_output_dir", str(single)])  # a sampled, then b kept
+    assert read_samples(single / SAMPLES_FILE) == unbroken
+    assert [model["label"] for model in json.loads((single / "results.json").read_text())["models"]] == ["a", "b"]

@@ -5,7 +5,7 @@ models and runs: the pairing key), the row as the task's verifier takes it, the 
 their lengths and whether each was cut at the token budget. `smallrl-eval-table` rebuilds an eval's tables from it
 alone (`evaluation.result_from_samples`); the K&K tools read it too. An eval run again into the same folder takes
 from it (and from `results.json`) the models it scored with the same settings and weights (`earlier_models`), and
-the model it was on from its last batch (`PROGRESS_FILE`).
+a model it was on from its last batch (`progress_path`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,18 @@ from trl_smallrl.errors import ConfigError
 from trl_smallrl.models import MERGED_SUBDIR
 
 SAMPLES_FILE = "samples.jsonl.gz"
-PROGRESS_FILE = "sampling_progress.json.gz"  # the model an eval is on, batch by batch (`generation.SamplingProgress`)
 
 
 def puzzle_id(row: Mapping[str, Any]) -> str:
     """A row's identity across models and runs: a digest of its prompt (the pairing key of `samples.jsonl.gz`)."""
     return hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def progress_path(output_dir: str | os.PathLike, label: str) -> Path:
+    """Where an eval keeps a model's sampling batch by batch (`generation.SamplingProgress`): one file a model, so
+    that an eval of other models or in another order, run into the same folder, does not replace it (a sampling of
+    over two hours here)."""
+    return Path(output_dir) / f"sampling_progress.{re.sub(r'[^A-Za-z0-9._-]', '_', label)}.json.gz"
 
 
 def sample_records(label: str, rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> list:

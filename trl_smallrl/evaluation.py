@@ -26,9 +26,9 @@ from trl_smallrl.completions import has_strict_format
 from trl_smallrl.configs import DataArguments, EvalArguments
 from trl_smallrl.errors import ConfigError, entry_point
 from trl_smallrl.eval_samples import (
-    PROGRESS_FILE,
     SAMPLES_FILE,
     earlier_models,
+    progress_path,
     puzzle_id,
     read_samples,
     sample_records,
@@ -273,8 +273,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
 
     The result is rewritten after each model, so a long comparison killed midway keeps the models done, and a run
     again into the same `eval_output_dir` takes them from there (`eval_samples.earlier_models`: the same settings,
-    label and weights) instead of sampling them again; the model it was on resumes at its next generation batch with
-    the same draws (`generation.SamplingProgress`): the reference run's final eval takes hours, more than a sitting.
+    label and weights) instead of sampling them again; a model it was on resumes at its next generation batch with
+    the same draws (`generation.SamplingProgress`, one file a model: `eval_samples.progress_path`): the reference run's final eval takes hours, more than a sitting.
     All models' completions, with the rows they were scored against, go to `samples.jsonl.gz` (rewritten after each
     model too; read it with `read_samples`), from which `smallrl-eval-table` rebuilds the tables alone.
     """
@@ -303,44 +303,47 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     output_dir = Path(eval_args.eval_output_dir)
     settings = sampling_settings(eval_args)  # the same seed for every model: they draw from the same stream
     earlier = earlier_models(output_dir, result["spec"])
-    sample_lines: list[dict] = []
+    fingerprints = {label: weights_fingerprint(name) for label, name in specs}
+    done: dict[str, tuple[dict, list[dict]]] = {  # label -> (its result, its sample lines)
+        label: earlier[label]
+        for label, name in specs
+        if label in earlier
+        and fingerprints[label] is not None
+        and earlier[label][0]["model"] == name
+        and earlier[label][0].get("weights") == fingerprints[label]
+    }  # written with each model sampled, whatever their places: a model kept is never dropped from the files
+
+    def write_done() -> None:
+        ordered = [done[label] for label, _ in specs if label in done]
+        write_samples([line for _, lines in ordered for line in lines], output_dir / SAMPLES_FILE)
+        write_result({**result, "models": [model for model, _ in ordered]}, output_dir)
+
     for number, (label, name) in enumerate(specs, 1):
-        fingerprint = weights_fingerprint(name)
-        kept = earlier.get(label)
-        if (
-            kept is not None
-            and fingerprint is not None
-            and kept[0]["model"] == name
-            and kept[0].get("weights") == fingerprint
-        ):
+        if label in done:
             print(f"eval: model {label} ({number} of {len(specs)}): kept from {output_dir} (the same settings and "
                   "weights)", flush=True)  # fmt: skip
-            result["models"].append(kept[0])
-            sample_lines += kept[1]
             continue
         print(
             f"eval: model {label} ({number} of {len(specs)}): {len(rows)} prompts x {settings.num_samples}", flush=True
         )
         started = time.perf_counter()
         identity = {"spec": result["spec"], "sampling": asdict(settings), "label": label, "model": name,
-                    "weights": fingerprint, "puzzles": [puzzle_id(row) for row in rows]}  # fmt: skip
-        progress = SamplingProgress(output_dir / PROGRESS_FILE, identity)
+                    "weights": fingerprints[label], "puzzles": [puzzle_id(row) for row in rows]}  # fmt: skip
+        progress = SamplingProgress(progress_path(output_dir, label), identity)
         samples = sample(name, [row["prompt"] for row in rows], settings, field="eval_models", progress=progress)
         records = score_samples(rows, samples)
-        sample_lines += sample_records(label, rows, records)
-        write_samples(sample_lines, output_dir / SAMPLES_FILE)
-        result["models"].append(
-            {
-                "label": label,
-                "model": name,
-                "base_model": public_model_id(name),
-                "weights": fingerprint,
-                "wall_seconds": round(time.perf_counter() - started, 1),
-                "levels": summarize(records, eval_args.eval_k),
-            }
-        )
-        write_result(result, output_dir)
+        model = {
+            "label": label,
+            "model": name,
+            "base_model": public_model_id(name),
+            "weights": fingerprints[label],
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "levels": summarize(records, eval_args.eval_k),
+        }
+        done[label] = (model, sample_records(label, rows, records))
+        write_done()
         progress.clear()
+    result["models"] = [done[label][0] for label, _ in specs]
     return result
 
 
