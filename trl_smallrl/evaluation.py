@@ -274,7 +274,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, rows: Sequence[
     The result is rewritten after each model, so a long comparison killed midway keeps the models done, and a run
     again into the same `eval_output_dir` takes them from there (`eval_samples.earlier_models`: the same settings,
     label and weights) instead of sampling them again; a model it was on resumes at its next generation batch with
-    the same draws (`generation.SamplingProgress`, one file a model: `eval_samples.progress_path`): the reference run's final eval takes hours, more than a sitting.
+    the same draws (`generation.SamplingProgress`, one file a model: `eval_samples.progress_path`): the reference
+    run's final eval takes hours, more than a sitting.
     All models' completions, with the rows they were scored against, go to `samples.jsonl.gz` (rewritten after each
     model too; read it with `read_samples`), from which `smallrl-eval-table` rebuilds the tables alone.
     """

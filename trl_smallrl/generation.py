@@ -60,9 +60,9 @@ class SamplingProgress:
     """Where a long sampling keeps what it has drawn, so that a killed one resumes at its next batch and draws what
     an unbroken one would: after each batch the completions so far and torch's random states (CPU and CUDA), written
     atomically to `path`, with `identity` (what is sampled: the model, its weights, the settings, the prompts). A
-    file of another identity is ignored and replaced. The eval keeps one a model (`eval_samples.progress_path`): the reference run's
-    final eval samples a model for more than an hour on a CPU. transformers' sampling only (vLLM draws a model in one
-    call, in minutes on a GPU)."""
+    file of another identity is ignored and replaced. The eval keeps one a model (`eval_samples.progress_path`): the
+    reference run's final eval samples a model for more than an hour on a CPU. transformers' sampling only (vLLM
+    draws a model in one call, in minutes on a GPU)."""
 
     path: Path
     identity: Mapping[str, Any]
